@@ -1,0 +1,1 @@
+"""SimPy processes of the postcopy model, one concern per module."""

@@ -1,0 +1,1 @@
+"""Native (cffi + C) userfaultfd microbenchmark; built by the calibration work."""
