@@ -1,0 +1,498 @@
+"""Scenario configuration: validated, immutable dataclasses loaded from TOML, dicts or overrides.
+
+Every field is declared with a kind (bytes, rate, time, float, int, bool, str) and bounds in its
+metadata; one generic validator coerces strings with units and checks the bounds, so a bad
+scenario fails at load time with a message naming the dotted key, the value and what is allowed.
+"""
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import numbers
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from simpostcopy.units import (
+    UnitError,
+    format_bytes,
+    format_rate,
+    format_time,
+    parse_bytes,
+    parse_number,
+    parse_rate,
+    parse_time,
+)
+
+TARGET_PAGE_BYTES = 4096
+SUPPORTED_HOST_PAGE_BYTES = (4096, 2 * 1024**2, 1024**3)
+
+
+class ScenarioError(ValueError):
+    """An invalid scenario setting; ``key`` is the dotted key, ``value`` the value given."""
+
+    def __init__(self, message: str, *, key: str = "", value: Any = None) -> None:
+        super().__init__(message)
+        self.key = key
+        self.value = value
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keep key and value when the error crosses a process boundary (pickling drops kwargs).
+        return type(self), (str(self),), {"key": self.key, "value": self.value}
+
+
+def _field(kind: str, default: Any, **rules: Any) -> Any:
+    """Declare a config field: its kind drives coercion, ``rules`` (gt, min, max, multiple_of,
+    choices, check) are checked by ``_validate``."""
+    return dataclasses.field(default=default, metadata={"kind": kind, **rules})
+
+
+_SECTION_KIND = {"kind": "section"}  # metadata of a Scenario field holding a whole section
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+_PARSERS: dict[str, Callable[[Any], Any]] = {
+    "bytes": parse_bytes,
+    "rate": parse_rate,
+    "time": parse_time,
+    "float": parse_number,
+}
+# kind -> (accepts the value?, converter to a plain python value, expected type in words)
+_PLAIN: dict[str, tuple[Callable[[Any], bool], Callable[[Any], Any], str]] = {
+    "int": (_is_int, int, "an integer"),
+    "bool": (lambda v: isinstance(v, bool), bool, "a boolean (true or false)"),
+    "str": (lambda v: isinstance(v, str), str, "a string"),
+}
+
+
+def _coerce(key: str, kind: str, expected: Any, raw: Any) -> Any:
+    """``raw`` converted to the canonical python value of ``kind`` or a ScenarioError."""
+    if kind in _PARSERS:
+        try:
+            return _PARSERS[kind](raw)
+        except UnitError as exc:
+            raise ScenarioError(f"{key}: {exc}", key=key, value=raw) from None
+    if kind == "section":
+        if isinstance(raw, expected):
+            return raw
+        what = f"a {expected.__name__} (use Scenario.from_dict for plain mappings)"
+    else:
+        accepts, convert, what = _PLAIN[kind]
+        if accepts(raw):
+            return convert(raw)
+    raise ScenarioError(f"{key}: invalid value {raw!r}: expected {what}", key=key, value=raw)
+
+
+def _violation(rules: Mapping[str, Any], value: Any) -> str | None:
+    """The first rule in ``rules`` that ``value`` breaks, described, or None."""
+    if "gt" in rules and not value > rules["gt"]:
+        return f"must be > {rules['gt']}"
+    if "min" in rules and value < rules["min"]:
+        return f"must be >= {rules['min']}"
+    if "max" in rules and value > rules["max"]:
+        return f"must be <= {rules['max']}"
+    if "multiple_of" in rules and value % rules["multiple_of"]:
+        return f"must be a multiple of {format_bytes(rules['multiple_of'])}"
+    if "choices" in rules and value not in rules["choices"]:
+        return "must be one of " + ", ".join(repr(c) for c in rules["choices"])
+    if "check" in rules:
+        return rules["check"](value)
+    return None
+
+
+def _dotted(section: str, name: str) -> str:
+    return f"{section}.{name}" if section else name
+
+
+def _validate(obj: Any) -> None:
+    """Coerce every field of a config dataclass in place and check it against its rules."""
+    for f in fields(obj):
+        key = _dotted(obj.SECTION, f.name)
+        raw = getattr(obj, f.name)
+        value = _coerce(key, f.metadata["kind"], f.type, raw)
+        problem = _violation(f.metadata, value)
+        if problem:
+            raise ScenarioError(f"{key}: invalid value {raw!r}: {problem}", key=key, value=raw)
+        object.__setattr__(obj, f.name, value)
+
+
+def _bytes_text(n: int) -> str:
+    return f"{n} ({format_bytes(n)})"
+
+
+def _check_host_page(n: int) -> str | None:
+    pages = n // TARGET_PAGE_BYTES
+    if n <= 0 or n % TARGET_PAGE_BYTES or pages & (pages - 1):
+        return "must be 4 KiB × 2^k"
+    if n not in SUPPORTED_HOST_PAGE_BYTES:
+        return "not supported: supported host page sizes are 4 KiB, 2 MiB, 1 GiB"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Guest:
+    """The migrated VM: memory size, host page size backing it, vCPUs and zero-page share."""
+
+    SECTION: ClassVar[str] = "guest"
+
+    ram_bytes: int = _field("bytes", "4 GiB", gt=0)
+    host_page_bytes: int = _field("bytes", 4096, check=_check_host_page)
+    vcpus: int = _field("int", 2, min=1)
+    # Fraction of host pages whose content is all zeros.
+    zero_page_fraction: float = _field("float", 0.1, min=0, max=1)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+        if self.ram_bytes % self.host_page_bytes:
+            raise ScenarioError(
+                f"guest.ram_bytes: invalid value {_bytes_text(self.ram_bytes)}: must be a"
+                " multiple of the host page size guest.host_page_bytes ="
+                f" {format_bytes(self.host_page_bytes)}",
+                key="guest.ram_bytes",
+                value=self.ram_bytes,
+            )
+
+    @property
+    def host_pages(self) -> int:
+        """Number of host pages backing guest RAM."""
+        return self.ram_bytes // self.host_page_bytes
+
+    @property
+    def target_pages_per_host_page(self) -> int:
+        """Target (4 KiB) pages per host page: the unit a fault places at once."""
+        return self.host_page_bytes // TARGET_PAGE_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """How the guest's vCPUs touch memory while postcopy runs."""
+
+    SECTION: ClassVar[str] = "workload"
+
+    pattern: str = _field(
+        "str", "hotset", choices=("uniform", "hotset", "zipf", "sequential", "trace")
+    )
+    working_set_bytes: int = _field("bytes", "1 GiB", gt=0, multiple_of=TARGET_PAGE_BYTES)
+    working_set_offset_bytes: int = _field("bytes", 0, min=0, multiple_of=TARGET_PAGE_BYTES)
+    # hotset: share of the working set that is hot, and probability an access goes there.
+    hot_fraction: float = _field("float", 0.1, gt=0, max=1)
+    hot_probability: float = _field("float", 0.9, min=0, max=1)
+    zipf_exponent: float = _field("float", 1.0, gt=0)
+    stride_bytes: int = _field("bytes", 4096, min=TARGET_PAGE_BYTES, multiple_of=TARGET_PAGE_BYTES)
+    # CSV or parquet with integer columns vcpu and page (target-page index); see load_trace.
+    trace_path: str = _field("str", "")
+    accesses_per_s: float = _field("float", 1e6, gt=0)  # per vCPU
+    # 0 = unlimited: the guest keeps running until the migration ends.
+    accesses_per_vcpu: int = _field("int", 0, min=0)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+        if self.pattern == "trace" and not self.trace_path:
+            raise ScenarioError(
+                f"workload.trace_path: invalid value {self.trace_path!r}: a CSV or parquet file"
+                " path is required when workload.pattern = 'trace'",
+                key="workload.trace_path",
+                value=self.trace_path,
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class Network:
+    """The migration link between source and destination."""
+
+    SECTION: ClassVar[str] = "network"
+
+    bandwidth_bytes_per_s: float = _field("rate", "10 Gbit/s", gt=0)
+    latency_s: float = _field("time", "100 us", min=0)  # one way
+    inflight_bytes: int = _field("bytes", "12 MiB", min=0)
+    preempt: bool = _field("bool", False)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """Migration-level settings: setup cost, device state, bandwidth cap and page locality."""
+
+    SECTION: ClassVar[str] = "migration"
+
+    setup_s: float = _field("time", "10 ms", min=0)
+    device_state_bytes: int = _field("bytes", "1 MiB", min=0)
+    max_postcopy_bandwidth_bytes_per_s: float = _field("rate", 0, min=0)  # 0 = unlimited
+    locality: str = _field("str", "continue", choices=("none", "continue", "hint", "bubbling"))
+    bubbling_pivots: int = _field("int", 1, min=1)
+    page_header_bytes: int = _field("bytes", 8, min=0)  # per target page on the wire
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+
+@dataclass(frozen=True, slots=True)
+class FaultPath:
+    """Destination-side costs of one userfault: delivery, request, placement, wake-up.
+
+    The defaults are order-of-magnitude placeholders (uffd wake-up of a blocked
+    fault thread ~10 us, a small socket send ~5 us, UFFDIO_COPY ~2 us plus a
+    ~10 GB/s copy); ``simpostcopy calibrate`` measures them on a real host.
+    """
+
+    SECTION: ClassVar[str] = "fault_path"
+
+    delivery_s: float = _field("time", "10 us", min=0)
+    request_s: float = _field("time", "5 us", min=0)
+    place_fixed_s: float = _field("time", "2 us", min=0)
+    place_per_byte_s: float = _field("float", 1e-10, min=0)  # seconds per byte
+    wake_s: float = _field("time", "5 us", min=0)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+
+def load_trace(path: str | os.PathLike[str], vcpus: int, ram_pages: int) -> list[np.ndarray]:
+    """Per-vCPU int64 arrays of target-page indices, in file order, from a CSV or parquet trace.
+
+    The file needs integer columns ``vcpu`` (0..vcpus-1, each with at least one row) and
+    ``page`` (0..ram_pages-1); ``.parquet``/``.pq`` files are read as parquet, anything else as CSV.
+    """
+
+    def fail(problem: str) -> ScenarioError:
+        return ScenarioError(
+            f"workload.trace_path: trace file {str(path)!r} {problem}; it must be a CSV or parquet"
+            f" file with integer columns 'vcpu' (0..{vcpus - 1}) and 'page' (0..{ram_pages - 1})",
+            key="workload.trace_path",
+            value=str(path),
+        )
+
+    try:
+        if Path(path).suffix.lower() in (".parquet", ".pq"):
+            table = pd.read_parquet(path)
+        else:
+            table = pd.read_csv(path)
+    except (OSError, ValueError) as exc:
+        raise ScenarioError(
+            f"workload.trace_path: cannot read trace file {str(path)!r}: {exc}",
+            key="workload.trace_path",
+            value=str(path),
+        ) from exc
+    missing = [c for c in ("vcpu", "page") if c not in table.columns]
+    if missing:
+        raise fail(f"lacks column(s) {', '.join(map(repr, missing))}")
+    if table.empty:
+        raise fail("has no rows")
+    for column in ("vcpu", "page"):
+        if not pd.api.types.is_integer_dtype(table[column]) or table[column].isna().any():
+            raise fail(f"has non-integer values in column {column!r}")
+    vcpu = table["vcpu"].to_numpy(np.int64)
+    page = table["page"].to_numpy(np.int64)
+    if len(vcpu) and (vcpu.min() < 0 or vcpu.max() >= vcpus):
+        bad = vcpu[(vcpu < 0) | (vcpu >= vcpus)][0]
+        raise fail(f"has vcpu {bad} outside 0..{vcpus - 1}")
+    if len(page) and (page.min() < 0 or page.max() >= ram_pages):
+        bad = page[(page < 0) | (page >= ram_pages)][0]
+        raise fail(f"has page {bad} out of range (guest RAM has {ram_pages} target pages)")
+    counts = np.bincount(vcpu, minlength=vcpus)
+    if not counts.all():
+        raise fail(f"has no rows for vcpu {int(np.flatnonzero(counts == 0)[0])}")
+    order = np.argsort(vcpu, kind="stable")
+    return np.split(page[order], np.cumsum(counts)[:-1])
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    """A complete, validated simulation scenario; ``Scenario()`` is the built-in default."""
+
+    SECTION: ClassVar[str] = ""
+
+    guest: Guest = dataclasses.field(default_factory=Guest, metadata=_SECTION_KIND)
+    workload: Workload = dataclasses.field(default_factory=Workload, metadata=_SECTION_KIND)
+    network: Network = dataclasses.field(default_factory=Network, metadata=_SECTION_KIND)
+    migration: Migration = dataclasses.field(default_factory=Migration, metadata=_SECTION_KIND)
+    fault_path: FaultPath = dataclasses.field(default_factory=FaultPath, metadata=_SECTION_KIND)
+    seed: int = _field("int", 1, min=0)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+        ram, work = self.guest.ram_bytes, self.workload
+        if work.working_set_bytes > ram:
+            raise ScenarioError(
+                f"workload.working_set_bytes: invalid value {_bytes_text(work.working_set_bytes)}:"
+                f" must be <= guest.ram_bytes = {_bytes_text(ram)}",
+                key="workload.working_set_bytes",
+                value=work.working_set_bytes,
+            )
+        end = work.working_set_offset_bytes + work.working_set_bytes
+        if end > ram:
+            raise ScenarioError(
+                "workload.working_set_offset_bytes: invalid value"
+                f" {_bytes_text(work.working_set_offset_bytes)}: working_set_offset_bytes +"
+                f" working_set_bytes = {_bytes_text(end)} must be <= guest.ram_bytes"
+                f" = {_bytes_text(ram)}",
+                key="workload.working_set_offset_bytes",
+                value=work.working_set_offset_bytes,
+            )
+        if work.pattern == "trace":
+            load_trace(work.trace_path, self.guest.vcpus, ram // TARGET_PAGE_BYTES)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Scenario":
+        """Scenario from a nested mapping as parsed from TOML (dotted top-level keys also work)."""
+        return cls().override(d)
+
+    @classmethod
+    def from_toml_string(cls, text: str) -> "Scenario":
+        """Scenario from TOML text; relative trace paths stay relative to the working directory."""
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ScenarioError(f"invalid scenario TOML: {exc}", key="file", value=text) from exc
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike[str]) -> "Scenario":
+        """Scenario from a TOML file; a relative trace_path is taken relative to the file."""
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ScenarioError(
+                f"cannot read scenario file '{path}': {exc}", key="file", value=str(path)
+            ) from exc
+        flat = _flatten(data)
+        trace = flat.get("workload.trace_path")
+        if isinstance(trace, str) and trace and not Path(trace).is_absolute():
+            flat["workload.trace_path"] = str(path.parent / trace)
+        return cls.from_dict(flat)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain-python dict: bytes as ints, times and rates as floats."""
+        return asdict(self)
+
+    def to_toml(self) -> str:
+        """TOML text that from_toml_string reads back to an equal Scenario."""
+        # Top-level keys must precede the first [section] table.
+        lines = [_toml_line(self, f) for f in fields(self) if f.name not in _SECTIONS]
+        for name in _SECTIONS:
+            section = getattr(self, name)
+            lines += ["", f"[{name}]", *(_toml_line(section, f) for f in fields(section))]
+        return "\n".join(lines) + "\n"
+
+    def override(self, mapping: Mapping[str, Any]) -> "Scenario":
+        """New validated Scenario with dotted keys ('network.latency_s', 'seed') replaced."""
+        changes: dict[str, Any] = {}
+        by_section: dict[str, dict[str, Any]] = {}
+        for key, value in _flatten(mapping).items():
+            section, dot, name = key.partition(".")
+            if dot:
+                by_section.setdefault(section, {})[name] = value
+            else:
+                changes[key] = value
+        for section, values in by_section.items():
+            changes[section] = replace(getattr(self, section), **values)
+        return replace(self, **changes)
+
+    def hash(self) -> str:
+        """Short, process-stable content hash: sha256 of the sorted-key JSON of to_dict()."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+_SECTIONS: dict[str, type] = {
+    f.name: f.type for f in fields(Scenario) if f.metadata["kind"] == "section"
+}
+# Every settable key, dotted, in declaration order.
+_KEYS: tuple[str, ...] = tuple(
+    key
+    for f in fields(Scenario)
+    for key in ([f"{f.name}.{s.name}" for s in fields(f.type)] if f.name in _SECTIONS else [f.name])
+)
+
+
+def _unknown_key(key: str, value: Any) -> ScenarioError:
+    """Error for a key that is not a setting, suggesting the closest valid one."""
+    section, dot, _ = key.partition(".")
+    if dot and section in _SECTIONS:
+        what, candidates = "key", [k for k in _KEYS if k.startswith(section + ".")]
+    elif not dot and isinstance(value, Mapping):
+        what, candidates = "section", list(_SECTIONS)
+    else:
+        what, candidates = "key", list(_KEYS)
+    close = difflib.get_close_matches(key, candidates, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"valid {what}s: {', '.join(candidates)}"
+    return ScenarioError(f"unknown {what} {key!r}; {hint}", key=key, value=value)
+
+
+def _flatten(mapping: Mapping[str, Any]) -> dict[str, Any]:
+    """{dotted key: value} from nested sections and/or dotted keys; unknown keys are errors."""
+    if not isinstance(mapping, Mapping):
+        raise ScenarioError(
+            f"invalid scenario {mapping!r}: expected a table of sections", key="", value=mapping
+        )
+    flat: dict[str, Any] = {}
+    for key, value in mapping.items():
+        if key in _SECTIONS:
+            if not isinstance(value, Mapping):
+                raise ScenarioError(
+                    f"{key}: invalid value {value!r}: a section must be a table ([{key}] in TOML)",
+                    key=key,
+                    value=value,
+                )
+            items = [(f"{key}.{name}", v) for name, v in value.items()]
+        else:
+            items = [(str(key), value)]
+        for dotted, v in items:
+            if dotted not in _KEYS:
+                raise _unknown_key(dotted, v)
+            if dotted in flat:
+                raise ScenarioError(f"{dotted}: given twice (again as {v!r})", key=dotted, value=v)
+            flat[dotted] = v
+    return flat
+
+
+def _toml_string(text: str) -> str:
+    # json.dumps escapes are valid TOML basic-string escapes; DEL must be escaped too in TOML.
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+_TOML_WRITERS: dict[str, Callable[[Any], str]] = {
+    "bytes": lambda v: _toml_string(format_bytes(v)),
+    "rate": format_rate,
+    "time": format_time,
+    "float": repr,
+    "int": str,
+    "bool": lambda v: "true" if v else "false",
+    "str": _toml_string,
+}
+
+
+def _toml_line(obj: Any, f: dataclasses.Field) -> str:
+    return f"{f.name} = {_TOML_WRITERS[f.metadata['kind']](getattr(obj, f.name))}"
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """(key, value) from a CLI ``KEY=VALUE``; VALUE is read as a TOML value if it is one, else
+    kept as a raw string (so ``guest.ram_bytes=1 GiB`` works unquoted)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ScenarioError(
+            f"invalid override {text!r}: expected KEY=VALUE, e.g. 'network.latency_s=50us'",
+            key=key,
+            value=text,
+        )
+    try:
+        parsed = tomllib.loads(f"v = {raw}")
+    except tomllib.TOMLDecodeError:
+        return key, raw.strip()
+    # More than one key means VALUE smuggled in extra TOML lines: keep it literal.
+    return key, parsed["v"] if len(parsed) == 1 else raw.strip()

@@ -1,0 +1,99 @@
+"""Destination side: the fault thread, request de-duplication, placement and wake-ups."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+
+import numpy as np
+import simpy
+
+from simpostcopy.models.ledger import Fault, Pages
+
+
+class Destination:
+    """QEMU's postcopy fault thread plus the placement bookkeeping that wakes vCPUs.
+
+    One fault thread reads uffd messages serially (``postcopy_ram_fault_thread``),
+    skips pages already placed or already requested (QEMU's ``page_requested``
+    tree) and sends one ``REQ_PAGES`` per host page.  A placement wakes every
+    thread waiting on the host page, however the page arrived.
+    """
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        pages: Pages,
+        *,
+        delivery_s: float,
+        request_s: float,
+        latency_s: float,
+        send_request: Callable[[Fault], None],
+    ) -> None:
+        self.env = env
+        self.pages = pages
+        self.delivery_s = delivery_s
+        self.request_s = request_s
+        self.latency_s = latency_s
+        self._send_request = send_request
+        self.requested = np.zeros(pages.count, dtype=bool)
+        self._has_waiters = np.zeros(pages.count, dtype=bool)
+        self._waiters: dict[int, list[simpy.Event]] = {}
+        self._check_at: dict[int, float] = {}
+        self._messages = simpy.Store(env)
+        env.process(self._fault_thread())
+
+    # -- placement schedule (driven by the channels) -----------------------------------
+    def update(self, pages: np.ndarray, arrived: np.ndarray, placed: np.ndarray) -> None:
+        """Channels report new or moved arrival and placement times for ``pages``."""
+        self.pages.arrived_at[pages] = arrived
+        self.pages.placed_at[pages] = placed
+        for h in pages[self._has_waiters[pages]].tolist():
+            self._schedule_wake(h)
+
+    def withdraw(self, pages: np.ndarray) -> None:
+        """The source took back pages it had planned but not sent."""
+        self.pages.arrived_at[pages] = np.inf
+        self.pages.placed_at[pages] = np.inf
+
+    def _schedule_wake(self, h: int) -> None:
+        t = float(self.pages.placed_at[h])
+        if t == np.inf or self._check_at.get(h) == t:
+            return
+        self._check_at[h] = t
+        self.env.timeout(t - self.env.now).callbacks.append(partial(self._wake, h, t))
+
+    def _wake(self, h: int, t: float, _event: simpy.Event) -> None:
+        # The placement time may have moved since this check was scheduled.
+        if self.pages.placed_at[h] != t:
+            return
+        self._check_at.pop(h, None)
+        self._has_waiters[h] = False
+        for waiter in self._waiters.pop(h, ()):
+            waiter.succeed(t)
+
+    # -- faults --------------------------------------------------------------------------
+    def fault(self, f: Fault) -> simpy.Event:
+        """A vCPU blocked on ``f.host_page``: queue the uffd message, return its wake event."""
+        h = f.host_page
+        waiter = self.env.event()
+        self._waiters.setdefault(h, []).append(waiter)
+        self._has_waiters[h] = True
+        self._schedule_wake(h)
+        self.env.timeout(self.delivery_s).callbacks.append(lambda _e: self._messages.put(f))
+        return waiter
+
+    def _fault_thread(self):
+        env, placed_at = self.env, self.pages.placed_at
+        while True:
+            f: Fault = yield self._messages.get()
+            f.read_s = env.now
+            h = f.host_page
+            if placed_at[h] <= env.now or self.requested[h]:
+                continue  # already here, or someone asked for it: just wait
+            self.requested[h] = True
+            f.requested = True
+            if self.request_s > 0:
+                yield env.timeout(self.request_s)
+            f.request_sent_s = env.now
+            self.env.timeout(self.latency_s).callbacks.append(lambda _e, f=f: self._send_request(f))

@@ -1,0 +1,104 @@
+"""Closed-loop vCPUs: run accesses, fault on a missing page, block, resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import simpy
+
+from simpostcopy.models.destination import Destination
+from simpostcopy.models.ledger import Fault
+from simpostcopy.models.workload import BLOCK, AccessStream
+
+
+class VCpu:
+    """One vCPU thread on the destination.
+
+    Access ``j`` of the current run segment happens at ``t_seg + (j - j_seg) / rate``;
+    a faulting access completes when the vCPU resumes, and the next one follows one
+    think time later.  Between faults the vCPU skips over accesses to pages already
+    placed with one numpy comparison per block: presence only ever grows, so a page
+    placed *now* is placed for every later access, and only the first access to a
+    page missing now needs an event (re-checked when its time comes).
+    """
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        index: int,
+        stream: AccessStream,
+        dest: Destination,
+        faults: list[Fault],
+        *,
+        rate: float,
+        limit: int,
+        host_shift: int,
+        wake_s: float,
+        start_s: float,
+    ) -> None:
+        self.env = env
+        self.index = index
+        self.stream = stream
+        self.dest = dest
+        self.faults = faults
+        self.dt = 1.0 / rate
+        self.limit = limit if limit > 0 else np.iinfo(np.int64).max
+        self.host_shift = host_shift
+        self.wake_s = wake_s
+        self.t_seg = start_s
+        self.j_seg = 0
+        self.blocked: Fault | None = None
+        self.finished_s = np.inf
+        env.process(self._run(start_s))
+
+    def accesses_done(self, t: float) -> int:
+        """Accesses completed by time ``t`` (a faulting access completes on resume)."""
+        if self.blocked is not None:
+            return self.blocked.access
+        if t < self.t_seg:
+            return self.j_seg
+        n = self.j_seg + int(np.floor((t - self.t_seg) / self.dt + 1e-9)) + 1
+        return min(n, self.limit)
+
+    def _run(self, start_s: float):
+        env, placed_at, shift = self.env, self.dest.pages.placed_at, self.host_shift
+        yield env.timeout(start_s - env.now)
+        j = 0
+        while j < self.limit:
+            # Find the first access, from j on, to a page not placed yet.
+            scanned, n, hit = 0, 64, -1
+            while scanned < BLOCK and j < self.limit:
+                m = int(min(n, self.limit - j))
+                pages = self.stream.pages(j, m)
+                missing = placed_at[pages >> shift] > env.now
+                k = int(np.argmax(missing))
+                if missing[k]:
+                    hit = j + k
+                    break
+                j += m
+                scanned += m
+                n = min(4 * n, BLOCK)
+            if hit < 0:
+                if j >= self.limit:
+                    break
+                # A long run of hits: let simulated time catch up, then look again.
+                yield env.timeout(self.t_seg + (j - self.j_seg) * self.dt - env.now)
+                continue
+            t_access = self.t_seg + (hit - self.j_seg) * self.dt
+            if t_access > env.now:
+                yield env.timeout(t_access - env.now)
+            target = int(self.stream.pages(hit, 1)[0])
+            h = target >> shift
+            if placed_at[h] <= env.now:
+                j = hit + 1  # the page arrived in the meantime: no fault
+                continue
+            f = Fault(len(self.faults), self.index, hit, target, h, env.now)
+            self.faults.append(f)
+            self.blocked = f
+            yield self.dest.fault(f)
+            if self.wake_s > 0:
+                yield env.timeout(self.wake_s)
+            f.resumed_s = env.now
+            self.blocked = None
+            j = hit + 1
+            self.j_seg, self.t_seg = j, env.now + self.dt
+        self.finished_s = self.t_seg + (self.limit - 1 - self.j_seg) * self.dt

@@ -1,0 +1,340 @@
+"""Results of one simulated migration: tidy tables, a flat summary, QEMU-shaped output."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from simpostcopy.config import TARGET_PAGE_BYTES, Scenario
+from simpostcopy.models.ledger import VIA_BACKGROUND, VIA_REQUEST_PREEMPT, Fault, Pages
+
+LATENCY_BUCKETS = 24  # QEMU's postcopy-latency-dist: [2^N, 2^(N+1)) microseconds
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """Phase boundaries of one migration, seconds from the start of setup."""
+
+    setup_s: float
+    switchover_s: float
+    downtime_s: float
+    dest_start_s: float
+    end_s: float
+    wake_s: float
+
+
+def overlap_all(starts: np.ndarray, ends: np.ndarray, owners: np.ndarray, n: int) -> float:
+    """Total time during which all ``n`` owners are inside one of their intervals at once.
+
+    Each owner's intervals must not overlap each other (a vCPU blocks on one fault at a time).
+    """
+    if n == 0 or starts.size == 0 or np.unique(owners).size < n:
+        return 0.0
+    times = np.concatenate((starts, ends))
+    steps = np.concatenate((np.ones(starts.size, np.int64), -np.ones(ends.size, np.int64)))
+    order = np.lexsort((steps, times))  # at a tie, an end comes before a start
+    times, level = times[order], np.cumsum(steps[order])
+    spans = np.diff(times)
+    return float(spans[level[:-1] == n].sum())
+
+
+def _covered(edges: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Integral of the number of open intervals from 0 to each edge (vectorised)."""
+
+    def ramp(points: np.ndarray) -> np.ndarray:
+        points = np.sort(points)
+        csum = np.concatenate(([0.0], np.cumsum(points)))
+        k = np.searchsorted(points, edges, side="right")
+        return k * edges - csum[k]
+
+    return ramp(starts) - ramp(ends)
+
+
+def _latency_dist(lat_s: np.ndarray) -> list[int]:
+    us = lat_s * 1e6
+    bucket = np.floor(np.log2(np.maximum(us, 1.0))).astype(np.int64)
+    return np.bincount(np.clip(bucket, 0, LATENCY_BUCKETS - 1), minlength=LATENCY_BUCKETS).tolist()
+
+
+def _ms(x: float) -> int:
+    return round(x * 1e3)
+
+
+@dataclass(slots=True)
+class Result:
+    """Everything one simulation produced.
+
+    ``faults`` has one row per fault, ``vcpus`` one per vCPU, ``timeline`` one per
+    time window, ``pages`` one per host page; ``summary`` is flat (QEMU's names in
+    snake case, plus more); ``meta`` holds what is not part of the result itself
+    (wall time, event count).
+    """
+
+    scenario: Scenario
+    faults: pd.DataFrame
+    vcpus: pd.DataFrame
+    timeline: pd.DataFrame
+    pages: pd.DataFrame
+    summary: dict[str, Any]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    # ----------------------------------------------------------------------------------
+    @classmethod
+    def build(
+        cls,
+        *,
+        scenario: Scenario,
+        pages: Pages,
+        faults: list[Fault],
+        accesses: list[int],
+        requests_received: int,
+        requests_duplicate: int,
+        bytes_sent: int,
+        timing: Timing,
+        timeline_window_s: float,
+        meta: dict[str, Any],
+    ) -> Result:
+        n_vcpus = scenario.guest.vcpus
+        fa = _fault_frame(faults, pages, timing)
+        end = timing.end_s
+        blocked_end = np.minimum(fa["resumed_s"].to_numpy(), end)
+        fa_start = fa["fault_s"].to_numpy()
+        owners = fa["vcpu"].to_numpy()
+        blocked = blocked_end - fa_start
+
+        # QEMU measures a fault from the fault thread's read to the placement, and
+        # ignores faults whose page was placed before the read.
+        read, placed = fa["read_s"].to_numpy(), fa["placed_s"].to_numpy()
+        q = read < placed
+        q_lat = (placed - read)[q]
+
+        vc = pd.DataFrame({"vcpu": np.arange(n_vcpus)})
+        vc["accesses"] = np.asarray(accesses, dtype=np.int64)
+        vc["faults"] = np.bincount(owners, minlength=n_vcpus)
+        vc["blocked_s"] = np.bincount(owners, weights=blocked, minlength=n_vcpus)
+        vc["qemu_blocktime_s"] = np.bincount(owners[q], weights=q_lat, minlength=n_vcpus)
+        q_count = np.bincount(owners[q], minlength=n_vcpus)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            vc["qemu_latency_s"] = vc["qemu_blocktime_s"] / q_count
+
+        lat = fa["latency_s"].to_numpy()
+        by = fa["satisfied_by"].value_counts()
+        summary: dict[str, Any] = {
+            "total_time_s": end,
+            "setup_time_s": timing.setup_s,
+            "downtime_s": timing.downtime_s,
+            "switchover_time_s": timing.switchover_s,
+            "destination_start_s": timing.dest_start_s,
+            "postcopy_requests": int(requests_received),
+            "duplicate_requests": int(requests_duplicate),
+            "remote_faults": len(fa),
+            "faults_by_request": int(by.get("request", 0)),
+            "faults_by_other_request": int(by.get("other_request", 0)),
+            "faults_by_background": int(by.get("background", 0)),
+            "postcopy_bytes": int(bytes_sent),
+            "zero_pages": int(pages.zero.sum()),
+            "accesses": int(vc["accesses"].sum()),
+            "blocktime_s": overlap_all(fa_start, blocked_end, owners, n_vcpus),
+            "vcpu_blocktime_s": vc["blocked_s"].tolist(),
+            "latency_mean_s": float(lat.mean()) if lat.size else math.nan,
+            "latency_p50_s": float(np.percentile(lat, 50)) if lat.size else math.nan,
+            "latency_p99_s": float(np.percentile(lat, 99)) if lat.size else math.nan,
+            "seed": scenario.seed,
+            "scenario_hash": scenario.hash(),
+            "version": meta.get("version"),
+        }
+        qemu = {
+            "blocktime_s": overlap_all(read[q], placed[q], owners[q], n_vcpus),
+            "latency_s": q_lat,
+            "vcpu": vc,
+        }
+        timeline = _timeline(fa_start, blocked_end, pages, timing, n_vcpus, timeline_window_s)
+        result = cls(scenario, fa, vc, timeline, _page_frame(pages), summary, dict(meta))
+        result.meta["_qemu"] = qemu
+        return result
+
+    # ----------------------------------------------------------------------------------
+    def to_qemu(self) -> dict[str, Any]:
+        """A dict shaped and named like QEMU's ``query-migrate`` reply (QEMU's own units)."""
+        s, q = self.summary, self.meta["_qemu"]
+        g = self.scenario.guest
+        per_host = g.host_page_bytes // TARGET_PAGE_BYTES
+        zero_target = s["zero_pages"] * per_host
+        normal_target = g.ram_bytes // TARGET_PAGE_BYTES - zero_target
+        lat = q["latency_s"]
+        vc = q["vcpu"]
+        total_ms = _ms(s["total_time_s"])
+        return {
+            "status": "completed",
+            "total-time": total_ms,
+            "downtime": _ms(s["downtime_s"]),
+            "setup-time": _ms(s["setup_time_s"]),
+            "ram": {
+                "transferred": s["postcopy_bytes"],
+                "remaining": 0,
+                "total": g.ram_bytes,
+                "duplicate": zero_target,
+                "normal": normal_target,
+                "normal-bytes": normal_target * TARGET_PAGE_BYTES,
+                "page-size": TARGET_PAGE_BYTES,
+                "mbps": s["postcopy_bytes"] * 8 / 1e6 / max(s["total_time_s"], 1e-12),
+                "postcopy-requests": s["postcopy_requests"],
+                "postcopy-bytes": s["postcopy_bytes"],
+                "precopy-bytes": 0,
+                "downtime-bytes": 0,
+            },
+            "postcopy-blocktime": _ms(q["blocktime_s"]),
+            "postcopy-vcpu-blocktime": [_ms(x) for x in vc["qemu_blocktime_s"]],
+            "postcopy-latency": round(float(lat.mean()) * 1e9) if lat.size else 0,
+            "postcopy-vcpu-latency": [
+                0 if math.isnan(x) else round(x * 1e9) for x in vc["qemu_latency_s"]
+            ],
+            "postcopy-latency-dist": _latency_dist(lat),
+        }
+
+    def summary_json(self) -> str:
+        """The summary as JSON (NaN written as null)."""
+        clean = {
+            k: (None if isinstance(v, float) and math.isnan(v) else v)
+            for k, v in self.summary.items()
+        }
+        return json.dumps(clean, indent=2, sort_keys=False)
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Write the scenario, the summary, QEMU's view and the three tables to ``out_dir``."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "scenario.toml").write_text(self.scenario.to_toml())
+        (out / "summary.json").write_text(self.summary_json() + "\n")
+        (out / "query-migrate.json").write_text(json.dumps(self.to_qemu(), indent=2) + "\n")
+        self.faults.to_parquet(out / "faults.parquet", index=False)
+        self.vcpus.to_parquet(out / "vcpus.parquet", index=False)
+        self.timeline.to_parquet(out / "timeline.parquet", index=False)
+        self.pages.to_parquet(out / "pages.parquet", index=False)
+        return out
+
+
+def _page_frame(pages: Pages) -> pd.DataFrame:
+    """One row per host page: how and when it reached the destination."""
+    names = np.array(["none", "background", "request", "request"])
+    return pd.DataFrame(
+        {
+            "host_page": np.arange(pages.count, dtype=np.int64),
+            "zero": pages.zero,
+            "wire_bytes": pages.wire_bytes,
+            "sent_s": pages.sent_at,
+            "arrived_s": pages.arrived_at,
+            "placed_s": pages.placed_at,
+            "via": pd.Categorical(names[pages.via], categories=["background", "request", "none"]),
+            "channel": pd.Categorical(
+                np.where(pages.via == VIA_REQUEST_PREEMPT, "preempt", "main"),
+                categories=["main", "preempt"],
+            ),
+        }
+    )
+
+
+def _fault_frame(faults: list[Fault], pages: Pages, timing: Timing) -> pd.DataFrame:
+    cols = {
+        "fault_id": [f.fault_id for f in faults],
+        "vcpu": [f.vcpu for f in faults],
+        "access": [f.access for f in faults],
+        "target_page": [f.target_page for f in faults],
+        "host_page": [f.host_page for f in faults],
+        "fault_s": [f.fault_s for f in faults],
+        "read_s": [f.read_s for f in faults],
+        "request_sent_s": [f.request_sent_s for f in faults],
+        "request_at_source_s": [f.request_at_source_s for f in faults],
+        "resumed_s": [f.resumed_s for f in faults],
+        "requested": [f.requested for f in faults],
+        "duplicate_request": [f.duplicate_request for f in faults],
+    }
+    dtypes = {
+        "fault_id": np.int64,
+        "vcpu": np.int64,
+        "access": np.int64,
+        "target_page": np.int64,
+        "host_page": np.int64,
+        "requested": bool,
+        "duplicate_request": bool,
+    }
+    fa = pd.DataFrame({k: np.asarray(v, dtype=dtypes.get(k, np.float64)) for k, v in cols.items()})
+    h = fa["host_page"].to_numpy()
+    fa["page_sent_s"] = pages.sent_at[h]
+    fa["page_arrived_s"] = pages.arrived_at[h]
+    fa["placed_s"] = pages.placed_at[h]
+    # A vCPU still blocked when the last page lands resumes one wake-up later.
+    resumed = fa["resumed_s"].to_numpy()
+    fa["resumed_s"] = np.where(np.isnan(resumed), fa["placed_s"] + timing.wake_s, resumed)
+    fa["latency_s"] = fa["resumed_s"] - fa["fault_s"]
+    via = pages.via[h]
+    own = pages.requester[h] == fa["fault_id"].to_numpy()
+    fa["satisfied_by"] = pd.Categorical(
+        np.where(via == VIA_BACKGROUND, "background", np.where(own, "request", "other_request")),
+        categories=["request", "other_request", "background"],
+    )
+    fa["channel"] = pd.Categorical(
+        np.where(via == VIA_REQUEST_PREEMPT, "preempt", "main"), categories=["main", "preempt"]
+    )
+    order = [
+        "fault_id",
+        "vcpu",
+        "access",
+        "target_page",
+        "host_page",
+        "fault_s",
+        "read_s",
+        "request_sent_s",
+        "request_at_source_s",
+        "page_sent_s",
+        "page_arrived_s",
+        "placed_s",
+        "resumed_s",
+        "latency_s",
+        "satisfied_by",
+        "channel",
+        "requested",
+        "duplicate_request",
+    ]
+    return fa[order]
+
+
+def _timeline(
+    fault_s: np.ndarray,
+    blocked_end: np.ndarray,
+    pages: Pages,
+    timing: Timing,
+    n_vcpus: int,
+    window_s: float,
+) -> pd.DataFrame:
+    """Per window: share of vCPU time running (the degradation curve) and bytes received."""
+    end = timing.end_s
+    n_win = max(1, math.ceil(end / window_s - 1e-9))
+    edges = np.minimum(np.arange(n_win + 1) * window_s, end)
+    # vCPUs are stopped from switch-over until the destination resumes them.
+    starts = np.concatenate((fault_s, np.full(n_vcpus, timing.switchover_s)))
+    ends = np.concatenate((blocked_end, np.full(n_vcpus, timing.dest_start_s)))
+    blocked = np.diff(_covered(edges, starts, ends))
+    width = np.diff(edges)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        running = np.where(width > 0, 1.0 - blocked / (n_vcpus * width), 1.0)
+    arrived = pages.arrived_at
+    bytes_in = np.histogram(arrived, bins=edges, weights=pages.wire_bytes)[0]
+    placed = np.histogram(pages.placed_at, bins=edges)[0]
+    faults = np.histogram(fault_s, bins=edges)[0]
+    return pd.DataFrame(
+        {
+            "window_start_s": edges[:-1],
+            "window_end_s": edges[1:],
+            "running_fraction": np.clip(running, 0.0, 1.0),
+            "bytes_received": bytes_in.astype(np.int64),
+            "pages_placed": placed.astype(np.int64),
+            "faults": faults.astype(np.int64),
+        }
+    )
