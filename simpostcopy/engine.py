@@ -64,6 +64,14 @@ def _streams(s: Scenario) -> list[AccessStream]:
     ]
 
 
+def _in_flight(f: Fault) -> bool:
+    return bool(
+        np.isnan(f.read_s)
+        or np.isnan(f.resumed_s)
+        or (f.requested and np.isnan(f.request_at_source_s))
+    )
+
+
 def simulate(scenario: Scenario, *, timeline_window_s: float = 0.01) -> Result:
     """Simulate one postcopy migration of ``scenario`` (immediate switch-over)."""
     wall0 = time.perf_counter()
@@ -149,8 +157,13 @@ def simulate(scenario: Scenario, *, timeline_window_s: float = 0.01) -> Result:
         )
         for v, st in enumerate(_streams(s))
     ]
-    env.run(until=done)
-    end_s = float(env.now)
+    end_s = float(env.run(until=done))
+    accesses = [v.accesses_done(end_s) for v in vcpus]
+    # Let the pipeline finish the faults still in flight (read, request, wake-up): QEMU's
+    # source keeps its return path open until the destination closes it.
+    open_faults = [f for f in faults if _in_flight(f)]
+    while any(_in_flight(f) for f in open_faults):
+        env.step()
 
     timing = Timing(
         setup_s=mig.setup_s,
@@ -164,7 +177,7 @@ def simulate(scenario: Scenario, *, timeline_window_s: float = 0.01) -> Result:
         scenario=s,
         pages=pages,
         faults=faults,
-        accesses=[v.accesses_done(end_s) for v in vcpus],
+        accesses=accesses,
         requests_received=source.requests_received,
         requests_duplicate=source.requests_duplicate,
         bytes_sent=main.bytes_sent + (preempt.bytes_sent if preempt else 0),

@@ -101,7 +101,7 @@ class Result:
         meta: dict[str, Any],
     ) -> Result:
         n_vcpus = scenario.guest.vcpus
-        fa = _fault_frame(faults, pages, timing)
+        fa = _fault_frame(faults, pages)
         end = timing.end_s
         blocked_end = np.minimum(fa["resumed_s"].to_numpy(), end)
         fa_start = fa["fault_s"].to_numpy()
@@ -240,7 +240,7 @@ def _page_frame(pages: Pages) -> pd.DataFrame:
     )
 
 
-def _fault_frame(faults: list[Fault], pages: Pages, timing: Timing) -> pd.DataFrame:
+def _fault_frame(faults: list[Fault], pages: Pages) -> pd.DataFrame:
     cols = {
         "fault_id": [f.fault_id for f in faults],
         "vcpu": [f.vcpu for f in faults],
@@ -269,9 +269,6 @@ def _fault_frame(faults: list[Fault], pages: Pages, timing: Timing) -> pd.DataFr
     fa["page_sent_s"] = pages.sent_at[h]
     fa["page_arrived_s"] = pages.arrived_at[h]
     fa["placed_s"] = pages.placed_at[h]
-    # A vCPU still blocked when the last page lands resumes one wake-up later.
-    resumed = fa["resumed_s"].to_numpy()
-    fa["resumed_s"] = np.where(np.isnan(resumed), fa["placed_s"] + timing.wake_s, resumed)
     fa["latency_s"] = fa["resumed_s"] - fa["fault_s"]
     via = pages.via[h]
     own = pages.requester[h] == fa["fault_id"].to_numpy()

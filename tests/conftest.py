@@ -1,0 +1,51 @@
+"""Shared helpers: tiny scenarios whose every timestamp can be worked out by hand."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from simpostcopy.config import Scenario
+
+KIB = 1024
+MIB = 1024 * KIB
+
+# Round numbers: 4096 B at 1e9 B/s is 4.096 us on the wire.
+TINY: dict[str, Any] = {
+    "guest.ram_bytes": 16 * KIB,
+    "guest.host_page_bytes": 4 * KIB,
+    "guest.vcpus": 1,
+    "guest.zero_page_fraction": 0.0,
+    "workload.pattern": "sequential",
+    "workload.working_set_bytes": 4 * KIB,
+    "workload.working_set_offset_bytes": 12 * KIB,  # always page 3
+    "workload.accesses_per_s": 1000.0,
+    "workload.accesses_per_vcpu": 1,
+    "network.bandwidth_bytes_per_s": 1e9,
+    "network.latency_s": 100e-6,
+    "network.inflight_bytes": 0,
+    "network.preempt": False,
+    "migration.setup_s": 0.0,
+    "migration.device_state_bytes": 0,
+    "migration.max_postcopy_bandwidth_bytes_per_s": 4096.0,  # one background page per second
+    "migration.locality": "none",
+    "migration.page_header_bytes": 0,
+    "fault_path.delivery_s": 10e-6,
+    "fault_path.request_s": 5e-6,
+    "fault_path.place_fixed_s": 2e-6,
+    "fault_path.place_per_byte_s": 1e-10,
+    "fault_path.wake_s": 5e-6,
+}
+
+
+def tiny(**changes: Any) -> Scenario:
+    """The tiny scenario with ``changes`` given as keyword names using '__' for '.'."""
+    over = dict(TINY)
+    over.update({k.replace("__", "."): v for k, v in changes.items()})
+    return Scenario().override(over)
+
+
+@pytest.fixture
+def tiny_scenario() -> Scenario:
+    return tiny()
