@@ -1,0 +1,160 @@
+"""Command line: ``simpostcopy run|scenario ...``."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from simpostcopy import __version__
+from simpostcopy.config import Scenario, ScenarioError, parse_override
+from simpostcopy.result import Result
+
+
+def _scenario(args: argparse.Namespace) -> Scenario:
+    """The scenario file (or the built-in default) with every ``--set`` applied in order."""
+    scenario = Scenario.from_toml(args.scenario) if args.scenario else Scenario()
+    for text in args.set:
+        key, value = parse_override(text)
+        scenario = scenario.override({key: value})
+    return scenario
+
+
+def _fmt_time(x: float) -> str:
+    if math.isnan(x):
+        return "-"
+    if x >= 1:
+        return f"{x:.3f} s"
+    if x >= 1e-3:
+        return f"{x * 1e3:.3f} ms"
+    return f"{x * 1e6:.1f} us"
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def summary_table(result: Result) -> str:
+    """A readable two-column table of the summary, units included."""
+    s, sc = result.summary, result.scenario
+    g, net = sc.guest, sc.network
+    blocked = ", ".join(_fmt_time(x) for x in s["vcpu_blocktime_s"])
+    rows: list[tuple[str, Any]] = [
+        (
+            "scenario",
+            f"{_fmt_bytes(g.ram_bytes)} RAM, {g.vcpus} vCPU, {_fmt_bytes(g.host_page_bytes)} host"
+            f" pages, {sc.workload.pattern}, {net.bandwidth_bytes_per_s * 8 / 1e9:g} Gbit/s,"
+            f" {'preempt' if net.preempt else 'vanilla'}, locality={sc.migration.locality},"
+            f" seed={sc.seed}",
+        ),
+        ("total time", _fmt_time(s["total_time_s"])),
+        ("setup time", _fmt_time(s["setup_time_s"])),
+        ("downtime", _fmt_time(s["downtime_s"])),
+        ("postcopy bytes", _fmt_bytes(s["postcopy_bytes"])),
+        ("remote faults", s["remote_faults"]),
+        ("  by own request", s["faults_by_request"]),
+        ("  by another vCPU's request", s["faults_by_other_request"]),
+        ("  by background push", s["faults_by_background"]),
+        ("postcopy requests", s["postcopy_requests"]),
+        ("  already sent (duplicate)", s["duplicate_requests"]),
+        ("fault latency mean", _fmt_time(s["latency_mean_s"])),
+        ("fault latency p50", _fmt_time(s["latency_p50_s"])),
+        ("fault latency p99", _fmt_time(s["latency_p99_s"])),
+        ("blocktime (all vCPUs)", _fmt_time(s["blocktime_s"])),
+        ("blocktime per vCPU", blocked),
+        ("guest accesses", s["accesses"]),
+    ]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from simpostcopy.engine import simulate  # keeps `--help` fast
+
+    result = simulate(_scenario(args), timeline_window_s=args.timeline_window)
+    if args.out:
+        result.save(args.out)
+    if args.json:
+        print(result.summary_json())
+    else:
+        print(summary_table(result))
+        if args.out:
+            print(
+                f"\nwrote {args.out}/: scenario.toml summary.json query-migrate.json "
+                "faults.parquet vcpus.parquet timeline.parquet pages.parquet"
+            )
+    return 0
+
+
+def _print_scenario(args: argparse.Namespace) -> int:
+    print(_scenario(args).to_toml(), end="")
+    return 0
+
+
+def _positive_time(text: str) -> float:
+    from simpostcopy.units import UnitError, parse_time
+
+    try:
+        value = parse_time(text)
+    except UnitError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="simpostcopy",
+        description="Discrete-event simulator of QEMU/KVM postcopy live migration.",
+    )
+    parser.add_argument("--version", action="version", version=f"simpostcopy {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def scenario_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("scenario", nargs="?", help="scenario TOML file (default: built-in)")
+        p.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="override a setting, e.g. --set network.bandwidth_bytes_per_s='25 Gbit/s'",
+        )
+
+    run = sub.add_parser("run", help="simulate one migration and print its summary")
+    scenario_args(run)
+    run.add_argument("--out", metavar="DIR", help="write scenario, summary and tables to DIR")
+    run.add_argument("--json", action="store_true", help="print the summary as JSON")
+    run.add_argument(
+        "--timeline-window",
+        type=_positive_time,
+        default=0.01,
+        metavar="TIME",
+        help="width of the degradation-timeline windows (default 10 ms)",
+    )
+    run.set_defaults(func=_run)
+
+    show = sub.add_parser("scenario", help="print the resolved scenario as TOML")
+    scenario_args(show)
+    show.set_defaults(func=_print_scenario)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status (2 for bad input, with a one-line error)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ScenarioError as e:
+        print(f"simpostcopy: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
