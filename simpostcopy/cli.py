@@ -14,12 +14,13 @@ from simpostcopy.result import Result
 
 
 def _scenario(args: argparse.Namespace) -> Scenario:
-    """The scenario file (or the built-in default) with every ``--set`` applied in order."""
+    """The scenario file (or the built-in default) with every ``--set`` applied at once.
+
+    All overrides are validated together, so settings that depend on each other (RAM
+    and working set, say) can change in one command; a repeated key: the last one wins.
+    """
     scenario = Scenario.from_toml(args.scenario) if args.scenario else Scenario()
-    for text in args.set:
-        key, value = parse_override(text)
-        scenario = scenario.override({key: value})
-    return scenario
+    return scenario.override(dict(parse_override(text) for text in args.set))
 
 
 def _fmt_time(x: float) -> str:
