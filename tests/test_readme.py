@@ -27,3 +27,12 @@ def test_every_scenario_key_is_documented():
 def test_every_summary_metric_is_documented():
     missing = [k for k in simulate(tiny()).summary if f"`{k}`" not in README]
     assert not missing, f"README lacks summary metrics: {missing}"
+
+
+def test_readme_python_examples_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    blocks = README.split("```python\n")[1:]
+    assert blocks
+    for block in blocks:
+        exec(compile(block.split("```")[0], "README.md", "exec"), {})
+    assert (tmp_path / "out" / "faults.parquet").exists()
