@@ -56,6 +56,17 @@ def _covered(edges: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndar
     return ramp(starts) - ramp(ends)
 
 
+def _qemu_window(fa: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """QEMU's view of faults: (mask, read→placed latency of the masked faults).
+
+    QEMU (``postcopy-blocktime`` capability) times a fault from the fault thread's read
+    to the placement, and ignores faults whose page was placed before the read.
+    """
+    read, placed = fa["read_s"].to_numpy(), fa["placed_s"].to_numpy()
+    mask = read < placed
+    return mask, (placed - read)[mask]
+
+
 def _latency_dist(lat_s: np.ndarray) -> list[int]:
     us = lat_s * 1e6
     bucket = np.floor(np.log2(np.maximum(us, 1.0))).astype(np.int64)
@@ -108,11 +119,7 @@ class Result:
         owners = fa["vcpu"].to_numpy()
         blocked = blocked_end - fa_start
 
-        # QEMU measures a fault from the fault thread's read to the placement, and
-        # ignores faults whose page was placed before the read.
-        read, placed = fa["read_s"].to_numpy(), fa["placed_s"].to_numpy()
-        q = read < placed
-        q_lat = (placed - read)[q]
+        q, q_lat = _qemu_window(fa)
 
         vc = pd.DataFrame({"vcpu": np.arange(n_vcpus)})
         vc["accesses"] = np.asarray(accesses, dtype=np.int64)
@@ -149,26 +156,23 @@ class Result:
             "scenario_hash": scenario.hash(),
             "version": meta.get("version"),
         }
-        qemu = {
-            "blocktime_s": overlap_all(read[q], placed[q], owners[q], n_vcpus),
-            "latency_s": q_lat,
-            "vcpu": vc,
-        }
         timeline = _timeline(fa_start, blocked_end, pages, timing, n_vcpus, timeline_window_s)
-        result = cls(scenario, fa, vc, timeline, _page_frame(pages), summary, dict(meta))
-        result.meta["_qemu"] = qemu
-        return result
+        return cls(scenario, fa, vc, timeline, _page_frame(pages), summary, dict(meta))
 
     # ----------------------------------------------------------------------------------
     def to_qemu(self) -> dict[str, Any]:
         """A dict shaped and named like QEMU's ``query-migrate`` reply (QEMU's own units)."""
-        s, q = self.summary, self.meta["_qemu"]
-        g = self.scenario.guest
+        s, g, fa, vc = self.summary, self.scenario.guest, self.faults, self.vcpus
         per_host = g.host_page_bytes // TARGET_PAGE_BYTES
         zero_target = s["zero_pages"] * per_host
         normal_target = g.ram_bytes // TARGET_PAGE_BYTES - zero_target
-        lat = q["latency_s"]
-        vc = q["vcpu"]
+        q, lat = _qemu_window(fa)
+        blocktime = overlap_all(
+            fa["read_s"].to_numpy()[q],
+            fa["placed_s"].to_numpy()[q],
+            fa["vcpu"].to_numpy()[q],
+            g.vcpus,
+        )
         total_ms = _ms(s["total_time_s"])
         return {
             "status": "completed",
@@ -189,7 +193,7 @@ class Result:
                 "precopy-bytes": 0,
                 "downtime-bytes": 0,
             },
-            "postcopy-blocktime": _ms(q["blocktime_s"]),
+            "postcopy-blocktime": _ms(blocktime),
             "postcopy-vcpu-blocktime": [_ms(x) for x in vc["qemu_blocktime_s"]],
             "postcopy-latency": round(float(lat.mean()) * 1e9) if lat.size else 0,
             "postcopy-vcpu-latency": [

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from functools import partial
+from typing import Any
 
 import numpy as np
 import simpy
@@ -83,7 +84,7 @@ class Destination:
         self.env.timeout(self.delivery_s).callbacks.append(lambda _e: self._messages.put(f))
         return waiter
 
-    def _fault_thread(self):
+    def _fault_thread(self) -> Generator[simpy.Event, Any, None]:
         env, placed_at = self.env, self.pages.placed_at
         while True:
             f: Fault = yield self._messages.get()

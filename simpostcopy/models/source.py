@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Generator
+from typing import Any
+
 import numpy as np
 import simpy
 
@@ -117,8 +120,8 @@ class Source:
         inflight_bytes: int,
         chunk_pages: int,
         start_s: float,
-        on_withdraw,
-        on_all_sent,
+        on_withdraw: Callable[[np.ndarray], None],
+        on_all_sent: Callable[[], None],
     ) -> None:
         self.env = env
         self.pages = pages
@@ -230,7 +233,7 @@ class Source:
         self._plan_ready = ready
         self._plan_end = float(enq[-1])
 
-    def _run(self):
+    def _run(self) -> Generator[simpy.Event, Any, None]:
         env = self.env
         yield env.timeout(self.start_s - env.now)
         while True:

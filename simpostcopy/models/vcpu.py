@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Generator
+from typing import Any
+
 import numpy as np
 import simpy
 
@@ -59,7 +62,7 @@ class VCpu:
         n = self.j_seg + int(np.floor((t - self.t_seg) / self.dt + 1e-9)) + 1
         return min(n, self.limit)
 
-    def _run(self, start_s: float):
+    def _run(self, start_s: float) -> Generator[simpy.Event, Any, None]:
         env, placed_at, shift = self.env, self.dest.pages.placed_at, self.host_shift
         yield env.timeout(start_s - env.now)
         j = 0
