@@ -13,13 +13,14 @@ import numbers
 import os
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
+from simpostcopy.distributions import Dist, parse_dist
 from simpostcopy.units import (
     UnitError,
     format_bytes,
@@ -66,6 +67,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "rate": parse_rate,
     "time": parse_time,
     "float": parse_number,
+    "dist": parse_dist,
 }
 # kind -> (accepts the value?, converter to a plain python value, expected type in words)
 _PLAIN: dict[str, tuple[Callable[[Any], bool], Callable[[Any], Any], str]] = {
@@ -128,6 +130,13 @@ def _validate(obj: Any) -> None:
 
 def _bytes_text(n: int) -> str:
     return f"{n} ({format_bytes(n)})"
+
+
+def _nonnegative(d: Dist) -> str | None:
+    # Every kind keeps its minimum in params[0] for constants and (sorted) quantiles.
+    if d.kind in ("constant", "empirical") and d.params[0] < 0:
+        return "durations must be >= 0"
+    return None
 
 
 def _check_host_page(n: int) -> str | None:
@@ -249,11 +258,13 @@ class FaultPath:
 
     SECTION: ClassVar[str] = "fault_path"
 
-    delivery_s: float = _field("time", "10 us", min=0)
-    request_s: float = _field("time", "5 us", min=0)
-    place_fixed_s: float = _field("time", "2 us", min=0)
+    delivery_s: Dist = _field("dist", "10 us", check=_nonnegative)
+    request_s: Dist = _field("dist", "5 us", check=_nonnegative)
+    place_fixed_s: Dist = _field("dist", "2 us", check=_nonnegative)
     place_per_byte_s: float = _field("float", 1e-10, min=0)  # seconds per byte
-    wake_s: float = _field("time", "5 us", min=0)
+    wake_s: Dist = _field("dist", "5 us", check=_nonnegative)
+    # The calibration file these costs came from ("" = none); see Scenario.with_calibration.
+    calibration: str = _field("str", "")
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -372,11 +383,24 @@ class Scenario:
         trace = flat.get("workload.trace_path")
         if isinstance(trace, str) and trace and not Path(trace).is_absolute():
             flat["workload.trace_path"] = str(path.parent / trace)
+        for key, value in flat.items():  # calibration files named by fault_path tables
+            file = value.get("file") if isinstance(value, Mapping) else None
+            if isinstance(file, str) and not Path(file).is_absolute():
+                flat[key] = {**value, "file": str(path.parent / file)}
         return cls.from_dict(flat)
 
     def to_dict(self) -> dict[str, Any]:
-        """Nested plain-python dict: bytes as ints, times and rates as floats."""
-        return asdict(self)
+        """Nested plain-python dict: bytes as ints, times and rates as floats, distributions as
+        their table form; ``Scenario.from_dict(s.to_dict()) == s``."""
+
+        def plain(obj: Any) -> Any:
+            if isinstance(obj, Dist):
+                return obj.to_value()
+            if dataclasses.is_dataclass(obj):
+                return {f.name: plain(getattr(obj, f.name)) for f in fields(obj)}
+            return obj
+
+        return plain(self)
 
     def to_toml(self) -> str:
         """TOML text that from_toml_string reads back to an equal Scenario."""
@@ -400,6 +424,23 @@ class Scenario:
         for section, values in by_section.items():
             changes[section] = replace(getattr(self, section), **values)
         return replace(self, **changes)
+
+    def with_calibration(
+        self, path: str | os.PathLike[str], kind: str = "empirical", **keys: Any
+    ) -> "Scenario":
+        """This scenario with its fault path measured by the calibration file at ``path``.
+
+        ``kind`` is ``empirical`` (the measured quantiles), ``lognormal`` or ``gamma``
+        (fitted); ``keys`` pick the measured configuration (default: QEMU-like, i.e.
+        mode='poll', affinity='scheduler', threads=1, 4 KiB pages).
+        """
+        from simpostcopy.calibration import Calibration, CalibrationError, fault_path_updates
+
+        try:
+            updates = fault_path_updates(Calibration.load(path), kind, **keys)
+        except CalibrationError as exc:
+            raise ScenarioError(str(exc), key="fault_path.calibration", value=str(path)) from None
+        return self.override(updates)
 
     def hash(self) -> str:
         """Short, process-stable content hash: sha256 of the sorted-key JSON of to_dict()."""
@@ -472,6 +513,7 @@ _TOML_WRITERS: dict[str, Callable[[Any], str]] = {
     "int": str,
     "bool": lambda v: "true" if v else "false",
     "str": _toml_string,
+    "dist": Dist.to_toml,
 }
 
 

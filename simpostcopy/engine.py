@@ -9,6 +9,7 @@ import simpy
 
 from simpostcopy import __version__
 from simpostcopy.config import TARGET_PAGE_BYTES, Scenario, load_trace
+from simpostcopy.distributions import Draws
 from simpostcopy.models.destination import Destination
 from simpostcopy.models.ledger import Fault, Pages
 from simpostcopy.models.network import Channel
@@ -31,11 +32,11 @@ def _pages(s: Scenario) -> Pages:
     header = s.migration.page_header_bytes
     # QEMU sends a zero target page as its header plus one byte (save_zero_page).
     wire = np.where(zero, per_host * (header + 1), per_host * (header + TARGET_PAGE_BYTES))
-    copy_cost = fp.place_fixed_s + fp.place_per_byte_s * g.host_page_bytes
+    fixed = fp.place_fixed_s.sample(stream(s.seed, "fault_path.place"), n)
+    copy_cost = fixed + fp.place_per_byte_s * g.host_page_bytes
     # UFFDIO_ZEROPAGE maps the zero page without a copy; huge pages have no such ioctl,
     # so QEMU copies a zeroed host page instead.
-    zero_cost = fp.place_fixed_s if per_host == 1 else copy_cost
-    cost = np.where(zero, zero_cost, copy_cost)
+    cost = np.where(zero, fixed if per_host == 1 else copy_cost, copy_cost)
     return Pages(zero=zero, wire_bytes=wire.astype(np.int64), place_cost_s=cost.astype(np.float64))
 
 
@@ -95,8 +96,7 @@ def simulate(scenario: Scenario, *, timeline_window_s: float = 0.01) -> Result:
     dest = Destination(
         env,
         pages,
-        delivery_s=fp.delivery_s,
-        request_s=fp.request_s,
+        request_s=Draws(fp.request_s, stream(s.seed, "fault_path.request")),
         latency_s=net.latency_s,
         send_request=lambda f: source.receive(f),
     )
@@ -133,7 +133,7 @@ def simulate(scenario: Scenario, *, timeline_window_s: float = 0.01) -> Result:
         scan=scan,
         locality=mig.locality,
         bandwidth=bw,
-        drain_rate=min(bw, float(pages.wire_bytes.max() / pages.place_cost_s.max())),
+        drain_rate=min(bw, float(pages.wire_bytes.max() / np.median(pages.place_cost_s))),
         background_rate=limit if limit > 0 else np.inf,
         inflight_bytes=net.inflight_bytes,
         chunk_pages=max(1, CHUNK_BYTES // g.host_page_bytes),
@@ -152,7 +152,8 @@ def simulate(scenario: Scenario, *, timeline_window_s: float = 0.01) -> Result:
             rate=s.workload.accesses_per_s,
             limit=s.workload.accesses_per_vcpu,
             host_shift=host_shift,
-            wake_s=fp.wake_s,
+            delivery_s=Draws(fp.delivery_s, stream(s.seed, f"fault_path.delivery.vcpu{v}")),
+            wake_s=Draws(fp.wake_s, stream(s.seed, f"fault_path.wake.vcpu{v}")),
             start_s=dest_start_s,
         )
         for v, st in enumerate(_streams(s))
@@ -171,7 +172,6 @@ def simulate(scenario: Scenario, *, timeline_window_s: float = 0.01) -> Result:
         downtime_s=downtime_s,
         dest_start_s=dest_start_s,
         end_s=end_s,
-        wake_s=fp.wake_s,
     )
     return Result.build(
         scenario=s,

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from simpostcopy.config import TARGET_PAGE_BYTES, Scenario
+from simpostcopy.config import TARGET_PAGE_BYTES, FaultPath, Scenario
 from simpostcopy.models.ledger import VIA_BACKGROUND, VIA_REQUEST_PREEMPT, Fault, Pages
 
 LATENCY_BUCKETS = 24  # QEMU's postcopy-latency-dist: [2^N, 2^(N+1)) microseconds
@@ -26,7 +26,6 @@ class Timing:
     downtime_s: float
     dest_start_s: float
     end_s: float
-    wake_s: float
 
 
 def overlap_all(starts: np.ndarray, ends: np.ndarray, owners: np.ndarray, n: int) -> float:
@@ -54,6 +53,14 @@ def _covered(edges: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndar
         return k * edges - csum[k]
 
     return ramp(starts) - ramp(ends)
+
+
+def _fault_path_source(scenario: Scenario) -> str:
+    """'defaults', 'calibration <file>' or 'custom': where the fault-path costs came from."""
+    fp = scenario.fault_path
+    if fp.calibration:
+        return f"calibration {fp.calibration}"
+    return "defaults" if fp == FaultPath() else "custom"
 
 
 def _qemu_window(fa: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -152,6 +159,7 @@ class Result:
             "latency_mean_s": float(lat.mean()) if lat.size else math.nan,
             "latency_p50_s": float(np.percentile(lat, 50)) if lat.size else math.nan,
             "latency_p99_s": float(np.percentile(lat, 99)) if lat.size else math.nan,
+            "fault_path_source": _fault_path_source(scenario),
             "seed": scenario.seed,
             "scenario_hash": scenario.hash(),
             "version": meta.get("version"),

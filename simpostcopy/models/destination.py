@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import simpy
 
+from simpostcopy.distributions import Draws
 from simpostcopy.models.ledger import Fault, Pages
 
 
@@ -26,14 +27,12 @@ class Destination:
         env: simpy.Environment,
         pages: Pages,
         *,
-        delivery_s: float,
-        request_s: float,
+        request_s: Draws,
         latency_s: float,
         send_request: Callable[[Fault], None],
     ) -> None:
         self.env = env
         self.pages = pages
-        self.delivery_s = delivery_s
         self.request_s = request_s
         self.latency_s = latency_s
         self._send_request = send_request
@@ -74,14 +73,15 @@ class Destination:
             waiter.succeed(t)
 
     # -- faults --------------------------------------------------------------------------
-    def fault(self, f: Fault) -> simpy.Event:
-        """A vCPU blocked on ``f.host_page``: queue the uffd message, return its wake event."""
+    def fault(self, f: Fault, delivery_s: float) -> simpy.Event:
+        """A vCPU blocked on ``f.host_page``: the uffd message is readable ``delivery_s``
+        later; returns the event that fires when the page is placed."""
         h = f.host_page
         waiter = self.env.event()
         self._waiters.setdefault(h, []).append(waiter)
         self._has_waiters[h] = True
         self._schedule_wake(h)
-        self.env.timeout(self.delivery_s).callbacks.append(lambda _e: self._messages.put(f))
+        self.env.timeout(delivery_s).callbacks.append(lambda _e: self._messages.put(f))
         return waiter
 
     def _fault_thread(self) -> Generator[simpy.Event, Any, None]:
@@ -94,7 +94,8 @@ class Destination:
                 continue  # already here, or someone asked for it: just wait
             self.requested[h] = True
             f.requested = True
-            if self.request_s > 0:
-                yield env.timeout(self.request_s)
+            cost = self.request_s.next()
+            if cost > 0:
+                yield env.timeout(cost)
             f.request_sent_s = env.now
             self.env.timeout(self.latency_s).callbacks.append(lambda _e, f=f: self._send_request(f))

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import simpy
 
+from simpostcopy.distributions import Draws
 from simpostcopy.models.destination import Destination
 from simpostcopy.models.ledger import Fault
 from simpostcopy.models.workload import BLOCK, AccessStream
@@ -35,7 +36,8 @@ class VCpu:
         rate: float,
         limit: int,
         host_shift: int,
-        wake_s: float,
+        delivery_s: Draws,
+        wake_s: Draws,
         start_s: float,
     ) -> None:
         self.env = env
@@ -46,6 +48,7 @@ class VCpu:
         self.dt = 1.0 / rate
         self.limit = limit if limit > 0 else np.iinfo(np.int64).max
         self.host_shift = host_shift
+        self.delivery_s = delivery_s
         self.wake_s = wake_s
         self.t_seg = start_s
         self.j_seg = 0
@@ -97,9 +100,10 @@ class VCpu:
             f = Fault(len(self.faults), self.index, hit, target, h, env.now)
             self.faults.append(f)
             self.blocked = f
-            yield self.dest.fault(f)
-            if self.wake_s > 0:
-                yield env.timeout(self.wake_s)
+            yield self.dest.fault(f, self.delivery_s.next())
+            wake = self.wake_s.next()
+            if wake > 0:
+                yield env.timeout(wake)
             f.resumed_s = env.now
             self.blocked = None
             j = hit + 1
