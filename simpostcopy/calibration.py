@@ -92,7 +92,7 @@ class Calibration:
             "harness_overhead": self.overhead,
             "rows": self.rows.to_dict(orient="records"),
         }
-        return json.dumps(doc, indent=1, default=_json_default)
+        return json.dumps(doc, indent=1, default=json_default)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -177,7 +177,7 @@ class CalibrationError(ValueError):
     """A calibration file is missing, malformed or lacks the configuration asked for."""
 
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
     if isinstance(obj, np.integer | np.bool_):
         return obj.item()
     if isinstance(obj, np.floating):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from collections.abc import Sequence
@@ -18,8 +19,11 @@ def _scenario(args: argparse.Namespace) -> Scenario:
 
     All overrides are validated together, so settings that depend on each other (RAM
     and working set, say) can change in one command; a repeated key: the last one wins.
+    ``--calibration`` applies before the overrides, so ``--set`` can still adjust a stage.
     """
     scenario = Scenario.from_toml(args.scenario) if args.scenario else Scenario()
+    if getattr(args, "calibration", None):
+        scenario = scenario.with_calibration(args.calibration)
     return scenario.override(dict(parse_override(text) for text in args.set))
 
 
@@ -69,6 +73,7 @@ def summary_table(result: Result) -> str:
         ("blocktime (all vCPUs)", _fmt_time(s["blocktime_s"])),
         ("blocktime per vCPU", blocked),
         ("guest accesses", s["accesses"]),
+        ("fault-path costs", s["fault_path_source"]),
     ]
     width = max(len(name) for name, _ in rows)
     return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
@@ -95,6 +100,76 @@ def _run(args: argparse.Namespace) -> int:
 def _print_scenario(args: argparse.Namespace) -> int:
     print(_scenario(args).to_toml(), end="")
     return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from simpostcopy import calibration, native
+
+    if args.action == "serve":
+        print(f"serving pages on {args.host}:{args.port} (Ctrl-C to stop)", file=sys.stderr)
+        native.serve(args.host, args.port, calibration.parse_sizes(args.page_sizes)[0])
+        return 0
+    plan = _calibration_plan(args)
+    progress = None
+    if not args.no_progress:
+        from functools import partial
+
+        from tqdm import tqdm
+
+        progress = partial(tqdm, desc="calibrating", unit="run", file=sys.stderr)
+    cal = calibration.calibrate(plan, progress=progress)
+    cal.save(args.out)
+    if args.json:
+        print(json.dumps(cal.summary_records(), indent=1, default=calibration.json_default))
+    else:
+        print(cal.table())
+        for note in cal.notes:
+            print(f"note: {note}")
+        print(f"\nwrote {args.out}")
+    return 0
+
+
+def _calibration_plan(args: argparse.Namespace) -> Any:
+    from simpostcopy import calibration
+    from simpostcopy.units import UnitError
+
+    try:
+        network: Any = None
+        if args.network == "loopback":
+            network = "loopback"
+        elif args.network:
+            host, sep, port = args.network.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(
+                    f"--network: invalid value {args.network!r}: use HOST:PORT or loopback"
+                )
+            network = (host, int(port))
+        return calibration.Plan(
+            samples=args.samples,
+            page_sizes=calibration.parse_sizes(args.page_sizes),
+            threads=tuple(int(x) for x in args.threads.split(",")),
+            modes=calibration.sequence_arg(args.modes, ("read", "poll", "busy"), "--modes"),
+            affinities=calibration.sequence_arg(
+                args.affinity, ("scheduler", "same", "different"), "--affinity"
+            ),
+            network=network,
+        )
+    except (ValueError, UnitError) as exc:
+        raise CliError(str(exc)) from None
+
+
+class CliError(ValueError):
+    """A bad command-line value, reported in one line with exit status 2."""
 
 
 def _positive_time(text: str) -> float:
@@ -138,11 +213,41 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TIME",
         help="width of the degradation-timeline windows (default 10 ms)",
     )
+    run.add_argument(
+        "--calibration",
+        metavar="FILE",
+        help="take the fault-path costs from a calibration file (simpostcopy calibrate)",
+    )
     run.set_defaults(func=_run)
 
     show = sub.add_parser("scenario", help="print the resolved scenario as TOML")
     scenario_args(show)
+    show.add_argument("--calibration", metavar="FILE", help="apply a calibration file")
     show.set_defaults(func=_print_scenario)
+
+    cal = sub.add_parser(
+        "calibrate",
+        help="time real userfaultfd round trips on this host (or: calibrate serve)",
+        description="Time real userfaultfd round trips and write a calibration file. "
+        "'simpostcopy calibrate serve' runs the page server for --network on another host.",
+    )
+    cal.add_argument("action", nargs="?", choices=["run", "serve"], default="run")
+    cal.add_argument("--out", default="calib.json", help="calibration file (default calib.json)")
+    cal.add_argument("--samples", type=_positive_int, default=2000, help="faults per run")
+    cal.add_argument("--page-sizes", default="4KiB,2MiB", help="e.g. 4KiB,2MiB")
+    cal.add_argument("--threads", default="1,2,4", help="faulting-thread counts, e.g. 1,2,4")
+    cal.add_argument("--modes", default="read,poll,busy", help="handler modes")
+    cal.add_argument("--affinity", default="scheduler,same,different", help="thread placements")
+    cal.add_argument(
+        "--network",
+        metavar="HOST:PORT|loopback",
+        help="also time the request/response hop to a page server",
+    )
+    cal.add_argument("--json", action="store_true", help="print the summary rows as JSON")
+    cal.add_argument("--no-progress", action="store_true", help="no progress bar")
+    cal.add_argument("--host", default="0.0.0.0", help="serve: address to listen on")
+    cal.add_argument("--port", type=int, default=4444, help="serve: TCP port (default 4444)")
+    cal.set_defaults(func=_calibrate)
     return parser
 
 
@@ -150,9 +255,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for bad input, with a one-line error)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    from simpostcopy.calibration import CalibrationError
+    from simpostcopy.native import NativeError
+
     try:
         return args.func(args)
-    except ScenarioError as e:
+    except (ScenarioError, CalibrationError, CliError, NativeError) as e:
         print(f"simpostcopy: error: {e}", file=sys.stderr)
         return 2
 
