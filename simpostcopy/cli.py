@@ -113,6 +113,15 @@ def _positive_int(text: str) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
+    from simpostcopy import native
+
+    try:
+        return _calibrate_native(args)
+    except native.NativeError as exc:  # permissions, kernel support, page server, ...
+        raise CliError(str(exc)) from None
+
+
+def _calibrate_native(args: argparse.Namespace) -> int:
     from simpostcopy import calibration, native
 
     if args.action == "serve":
@@ -256,11 +265,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from simpostcopy.calibration import CalibrationError
-    from simpostcopy.native import NativeError
 
     try:
         return args.func(args)
-    except (ScenarioError, CalibrationError, CliError, NativeError) as e:
+    except (ScenarioError, CalibrationError, CliError) as e:
         print(f"simpostcopy: error: {e}", file=sys.stderr)
         return 2
 
