@@ -27,9 +27,20 @@ from simpostcopy.units import UnitError
 FORMAT = "simpostcopy-calibration/1"
 STAGES = ("delivery", "place", "wake", "round_trip", "request", "network")
 N_QUANTILES = 101  # stored per row: p0, p1, ..., p100
-KEYS = ("mode", "affinity", "page_bytes", "threads", "zeropage")
+KEYS = ("mode", "affinity", "page_bytes", "threads", "zeropage", "network")
+WARMUP = 16  # faults per run flagged as warm-up (first-touch effects), kept out of stages
+SMALL_BATCHES = (1, 2, 4, 8, 16, 32, 64, 128, 256)  # pages per UFFDIO_COPY, 4 KiB series
+HUGE_BATCHES = (1, 2, 4)  # 2 MiB: larger copies fall out of cache and bend the line
+PLACE_REPS = 10
+HUGE_SAMPLES_MAX = 500  # faults per 2 MiB run (each holds its own huge page: 1 GiB)
 # QEMU's fault thread poll()s the uffd (postcopy_ram_fault_thread) and is not pinned.
-QEMU_LIKE = {"mode": "poll", "affinity": "scheduler", "threads": 1, "zeropage": False}
+QEMU_LIKE = {
+    "mode": "poll",
+    "affinity": "scheduler",
+    "threads": 1,
+    "zeropage": False,
+    "network": False,
+}
 
 
 def summarize(samples: pd.DataFrame) -> pd.DataFrame:
@@ -198,29 +209,40 @@ def _dist_from_row(row: pd.Series, kind: str, source: str, shift: float = 0.0) -
     raise CalibrationError(f"unknown distribution kind {kind!r}: use empirical, lognormal or gamma")
 
 
-def fault_path_updates(cal: Calibration, kind: str = "empirical", **keys: Any) -> dict[str, Any]:
-    """``fault_path.*`` settings measured by ``cal`` (stages it did not measure are omitted).
+def fault_path_updates(
+    cal: Calibration, kind: str = "empirical", host_page_bytes: int = 4096, **keys: Any
+) -> dict[str, Any]:
+    """``fault_path.*`` settings measured by ``cal`` for guests with ``host_page_bytes`` pages.
 
-    Placement is split like the model's: ``place_per_byte_s`` is the slope of the 4 KiB
-    batch series, ``place_fixed_s`` the measured single-page placement minus the bytes.
+    Stages come from the largest measured page size not above the guest's host page
+    (placement and wake-up depend on it).  Placement is split like the model's:
+    ``place_per_byte_s`` is the slope of that page size's batch series, ``place_fixed_s``
+    the measured single-page placement minus those bytes.  ``request_s`` comes from the
+    network-hop run if there was one; stages not measured are left out.
     """
-    sel = {**QEMU_LIKE, "page_bytes": 4096, **keys}
-    label = ", ".join(f"{k}={v}" for k, v in sel.items())
-    out: dict[str, Any] = {"fault_path.calibration": cal.path}
-    for stage in ("delivery", "wake", "request"):
-        try:
-            row = cal.select(stage, **keys)
-        except CalibrationError:
-            if stage == "request":
-                continue  # measured only with the network hop
-            raise
-        out[f"fault_path.{stage}_s"] = _dist_from_row(row, kind, f"{cal.path}: {stage} ({label})")
-    per_byte = cal.placement_fit.get(4096, {}).get("per_byte_s", 0.0)
-    row = cal.select("place", **keys)
-    out["fault_path.place_per_byte_s"] = per_byte
-    out["fault_path.place_fixed_s"] = _dist_from_row(
-        row, kind, f"{cal.path}: place minus {per_byte:.3g} s/B x 4096 B ({label})", per_byte * 4096
-    )
+    measured = sorted(int(p) for p in cal.rows["page_bytes"].unique() if p <= host_page_bytes)
+    if not measured:
+        raise CalibrationError(
+            f"calibration '{cal.path}' measured no page size <= {host_page_bytes} bytes"
+        )
+    page = measured[-1]
+    sel = {**QEMU_LIKE, "page_bytes": page, **keys}
+
+    def dist(stage: str, shift: float = 0.0, **extra: Any) -> Dist:
+        row = cal.select(stage, **{**sel, **extra})
+        label = ", ".join(f"{k}={v}" for k, v in {**sel, **extra}.items())
+        return _dist_from_row(row, kind, f"{cal.path}: {stage} ({label})", shift)
+
+    per_byte = cal.placement_fit.get(page, {}).get("per_byte_s", 0.0)
+    out: dict[str, Any] = {
+        "fault_path.calibration": cal.path,
+        "fault_path.delivery_s": dist("delivery"),
+        "fault_path.wake_s": dist("wake"),
+        "fault_path.place_per_byte_s": per_byte,
+        "fault_path.place_fixed_s": dist("place", per_byte * page),
+    }
+    if ((cal.rows["stage"] == "request") & cal.rows["network"].astype(bool)).any():
+        out["fault_path.request_s"] = dist("request", network=True)
     return out
 
 
@@ -257,6 +279,18 @@ class Plan:
     network: tuple[str, int] | str | None = None  # (host, port), "loopback" or None
     timeout_s: float = 20.0
 
+    def __post_init__(self) -> None:
+        bad_pages = [p for p in self.page_sizes if p not in (4096, 2 << 20)]
+        if bad_pages or not self.page_sizes:
+            raise ValueError(
+                f"page sizes: invalid value {list(self.page_sizes)}: the benchmark measures"
+                " 4 KiB and 2 MiB (hugetlbfs) pages"
+            )
+        if self.samples < 1 or not self.threads or min(self.threads) < 1:
+            raise ValueError(
+                f"samples={self.samples}, threads={list(self.threads)}: both must be >= 1"
+            )
+
     def runs(self) -> list[dict[str, Any]]:
         """Keyword sets for ``native.run_faults``: every mode × affinity per page size with one
         faulting thread, the thread series and a zero-page run with QEMU's settings, and the
@@ -265,7 +299,8 @@ class Plan:
         for page in self.page_sizes:
             for mode in self.modes:
                 for aff in self.affinities:
-                    n = self.samples
+                    # Every fault needs a page of its own: huge pages are capped.
+                    n = self.samples if page == 4096 else min(self.samples, HUGE_SAMPLES_MAX)
                     if mode == "busy" and aff == "same":
                         # A spinning handler shares its core with the faulter: each fault waits
                         # for a scheduler tick. Measured, but with fewer samples.
@@ -298,24 +333,30 @@ def calibrate(
     elif isinstance(plan.network, tuple):
         server = plan.network
     runs = plan.runs()
-    huge_pages = sum(r["samples"] + 16 for r in runs if r["page_bytes"] > 4096)
+    # Runs map (and unmap) their pages one after another: reserve for the largest, or for
+    # the placement series (max(batch) + sum(batches) * reps pages), whichever needs more.
+    huge_pages = max(
+        [r["samples"] + WARMUP for r in runs if r["page_bytes"] > 4096]
+        + [max(HUGE_BATCHES) + sum(HUGE_BATCHES) * PLACE_REPS]
+    )
     try:
         with _maybe_hugepages(native, plan, huge_pages, notes) as huge_ok:
             for run in progress(runs) if progress else runs:
                 if run["page_bytes"] > 4096 and not huge_ok:
                     continue
-                kwargs = dict(run, timeout_s=plan.timeout_s)
+                kwargs = dict(run, timeout_s=plan.timeout_s, warmup=WARMUP)
                 if kwargs.get("server") == "network":
                     kwargs["server"] = server
                 frame = native.run_faults(**kwargs)
+                frame["network"] = kwargs.get("server") is not None
                 frame["faults_per_s_run"] = frame.attrs.get("faults_per_s", math.nan)
                 frames.append(frame)
             fits = {}
             for page in plan.page_sizes:
                 if page > 4096 and not huge_ok:
                     continue
-                batches = (1, 2, 4, 8, 16, 32, 64, 128, 256) if page == 4096 else (1, 2, 4)
-                series = native.place_series(page_bytes=page, batches=batches, reps=10)
+                batches = SMALL_BATCHES if page == 4096 else HUGE_BATCHES
+                series = native.place_series(page_bytes=page, batches=batches, reps=PLACE_REPS)
                 fixed, per_byte = native.fit_placement(series)
                 fits[page] = {"fixed_s": fixed, "per_byte_s": per_byte}
     finally:

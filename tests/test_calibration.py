@@ -35,6 +35,7 @@ def _samples(n: int = 101, **attrs) -> pd.DataFrame:
         "page_bytes": 4096,
         "threads": 1,
         "zeropage": False,
+        "network": False,
         **attrs,
     }.items():
         df[k] = v
@@ -48,10 +49,10 @@ def _calibration(tmp_path, with_network: bool = False) -> Calibration:
     warm["delivery_s"] = 1.0  # first-touch outliers must not pollute the stages
     frames.append(warm)
     if with_network:
-        net = _samples()
+        net = _samples(network=True)
         net["request_s"] = 4e-6
         net["network_s"] = 50e-6
-        frames[0] = net
+        frames.append(net)
     rows = summarize(pd.concat(frames, ignore_index=True))
     rows["faults_per_s"] = 1e5
     cal = Calibration(
@@ -134,3 +135,31 @@ def test_calibration_errors(tmp_path):
         Scenario().with_calibration(tmp_path / "calib.json", mode="read")
     with pytest.raises(ScenarioError, match="stage = one of"):
         tiny(fault_path__wake_s={"dist": "empirical", "file": str(tmp_path / "calib.json")})
+
+
+def test_stages_follow_the_guests_host_page_size(tmp_path):
+    rows = summarize(pd.concat([_samples(), _samples(page_bytes=2 << 20)], ignore_index=True))
+    huge = rows["page_bytes"] == 2 << 20
+    rows.loc[huge, "quantiles_s"] = pd.Series(
+        [[250e-6, 260e-6]] * int(huge.sum()), index=rows.index[huge]
+    )
+    fits = {
+        4096: {"fixed_s": 1e-6, "per_byte_s": 3e-10},
+        2 << 20: {"fixed_s": 1e-5, "per_byte_s": 1e-10},
+    }
+    cal = Calibration(rows=rows, host={}, placement_fit=fits)
+    cal.save(tmp_path / "c.json")
+    for host_page, measured in [(4096, 4096), (2 << 20, 2 << 20), (1 << 30, 2 << 20)]:
+        up = fault_path_updates(cal, host_page_bytes=host_page)
+        assert up["fault_path.place_per_byte_s"] == fits[measured]["per_byte_s"]
+        assert f"page_bytes={measured}" in up["fault_path.delivery_s"].source
+    up = fault_path_updates(cal, host_page_bytes=2 << 20)
+    assert up["fault_path.place_fixed_s"].params == pytest.approx(
+        (250e-6 - 1e-10 * (2 << 20), 260e-6 - 1e-10 * (2 << 20))
+    )
+    s = (
+        Scenario()
+        .override({"guest.host_page_bytes": "2 MiB"})
+        .with_calibration(tmp_path / "c.json")
+    )
+    assert s.fault_path.place_per_byte_s == 1e-10

@@ -209,7 +209,11 @@ def test_defaults():
     assert s.migration.locality == "continue"
     assert s.migration.page_header_bytes == 8
     assert s.fault_path == FaultPath(
-        delivery_s=10e-6, request_s=5e-6, place_fixed_s=2e-6, place_per_byte_s=1e-10, wake_s=5e-6
+        delivery_s=9e-6,
+        request_s=10e-6,
+        place_fixed_s=1.6e-6,
+        place_per_byte_s=3.5e-10,
+        wake_s=8e-6,
     )
     assert s.seed == 1
     assert TARGET_PAGE_BYTES == 4096
