@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -252,31 +253,17 @@ def _page_frame(pages: Pages) -> pd.DataFrame:
     )
 
 
+_DTYPES = {"int": np.int64, "float": np.float64, "bool": bool}
+
+
 def _fault_frame(faults: list[Fault], pages: Pages) -> pd.DataFrame:
-    cols = {
-        "fault_id": [f.fault_id for f in faults],
-        "vcpu": [f.vcpu for f in faults],
-        "access": [f.access for f in faults],
-        "target_page": [f.target_page for f in faults],
-        "host_page": [f.host_page for f in faults],
-        "fault_s": [f.fault_s for f in faults],
-        "read_s": [f.read_s for f in faults],
-        "request_sent_s": [f.request_sent_s for f in faults],
-        "request_at_source_s": [f.request_at_source_s for f in faults],
-        "resumed_s": [f.resumed_s for f in faults],
-        "requested": [f.requested for f in faults],
-        "duplicate_request": [f.duplicate_request for f in faults],
-    }
-    dtypes = {
-        "fault_id": np.int64,
-        "vcpu": np.int64,
-        "access": np.int64,
-        "target_page": np.int64,
-        "host_page": np.int64,
-        "requested": bool,
-        "duplicate_request": bool,
-    }
-    fa = pd.DataFrame({k: np.asarray(v, dtype=dtypes.get(k, np.float64)) for k, v in cols.items()})
+    # One column per Fault field, typed from its annotation (the module defers them).
+    fa = pd.DataFrame(
+        {
+            f.name: np.fromiter((getattr(x, f.name) for x in faults), _DTYPES[f.type], len(faults))
+            for f in dataclasses.fields(Fault)
+        }
+    )
     h = fa["host_page"].to_numpy()
     fa["page_sent_s"] = pages.sent_at[h]
     fa["page_arrived_s"] = pages.arrived_at[h]
