@@ -233,9 +233,16 @@ class Result:
         return out
 
 
+def _channel(via: np.ndarray) -> pd.Categorical:
+    """Which socket carried each page: the preempt channel or the main one."""
+    return pd.Categorical.from_codes(
+        (via == VIA_REQUEST_PREEMPT).astype(np.int8), categories=["main", "preempt"]
+    )
+
+
 def _page_frame(pages: Pages) -> pd.DataFrame:
     """One row per host page: how and when it reached the destination."""
-    names = np.array(["none", "background", "request", "request"])
+    via_codes = np.array([2, 0, 1, 1], dtype=np.int8)  # VIA_* -> category below
     return pd.DataFrame(
         {
             "host_page": np.arange(pages.count, dtype=np.int64),
@@ -244,11 +251,10 @@ def _page_frame(pages: Pages) -> pd.DataFrame:
             "sent_s": pages.sent_at,
             "arrived_s": pages.arrived_at,
             "placed_s": pages.placed_at,
-            "via": pd.Categorical(names[pages.via], categories=["background", "request", "none"]),
-            "channel": pd.Categorical(
-                np.where(pages.via == VIA_REQUEST_PREEMPT, "preempt", "main"),
-                categories=["main", "preempt"],
+            "via": pd.Categorical.from_codes(
+                via_codes[pages.via], categories=["background", "request", "none"]
             ),
+            "channel": _channel(pages.via),
         }
     )
 
@@ -271,13 +277,11 @@ def _fault_frame(faults: list[Fault], pages: Pages) -> pd.DataFrame:
     fa["latency_s"] = fa["resumed_s"] - fa["fault_s"]
     via = pages.via[h]
     own = pages.requester[h] == fa["fault_id"].to_numpy()
-    fa["satisfied_by"] = pd.Categorical(
-        np.where(via == VIA_BACKGROUND, "background", np.where(own, "request", "other_request")),
+    fa["satisfied_by"] = pd.Categorical.from_codes(
+        np.where(via == VIA_BACKGROUND, 2, np.where(own, 0, 1)),
         categories=["request", "other_request", "background"],
     )
-    fa["channel"] = pd.Categorical(
-        np.where(via == VIA_REQUEST_PREEMPT, "preempt", "main"), categories=["main", "preempt"]
-    )
+    fa["channel"] = _channel(via)
     order = [
         "fault_id",
         "vcpu",
