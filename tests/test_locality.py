@@ -49,6 +49,7 @@ def test_bubbling_round_robins_over_recent_pivots():
         migration__bubbling_pivots=2,
     )
     # Requests for 4 (vCPU 0) and 10 (vCPU 1 starts half-way through a 12-page set) are
-    # served one fault-thread step apart; the newest pivot (10) leads each round.
+    # served one fault-thread step apart.  Cursors take turns: newest pivot (10) forward
+    # and backward, then pivot 4 forward and backward, and round again.
     assert order[:3] == [0, 4, 10]
-    assert order[3:9] == [11, 5, 9, 3, 12, 6]
+    assert order[3:11] == [11, 9, 5, 3, 12, 8, 6, 2]

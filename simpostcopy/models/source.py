@@ -58,41 +58,77 @@ class LinearScan:
         """Continue the scan from ``page`` (QEMU vanilla: after the last requested page)."""
         self.pos = page % self.n_pages
 
+    def keep(self, count: int) -> None:
+        """Nothing to rewind: the position only ever moves to the first unsent page."""
+
 
 class BubblingScan:
     """Hines & Gopalan's bubbling: push outwards in both directions around recent faults.
 
-    Up to ``pivots`` recent requested pages are kept; the stream alternates forward
-    and backward around each, round-robin over pivots, newest first.  Before the first
-    request the scan is linear from page 0.
+    Up to ``pivots`` recent requested pages are kept, each with a forward and a backward
+    cursor; the stream takes one page from each cursor in turn (newest pivot first,
+    forward before backward), skipping pages already sent and exhausted cursors.  Before
+    the first request the scan is linear from page 0.  A batch is exactly the pages that
+    repeated single steps would give.
     """
 
     def __init__(self, n_pages: int, pivots: int) -> None:
+        self.n_pages = n_pages
         self.max_pivots = pivots
-        self.cursors: list[list[int]] = []  # [forward, backward] per pivot, newest first
+        self.slots: list[list[int]] = []  # [cursor, step] per cursor, newest pivot first
+        self.turn = 0
         self.linear = LinearScan(n_pages)
+        self._history: list[tuple[int, list[int]]] = []
 
     def add_pivot(self, page: int) -> None:
-        self.cursors.insert(0, [page + 1, page - 1])
-        del self.cursors[self.max_pivots :]
+        self.slots[:0] = [[page + 1, 1], [page - 1, -1]]
+        del self.slots[2 * self.max_pivots :]
+        self.turn = 0
+        self._history = []
+
+    def _state(self) -> tuple[int, list[int]]:
+        return self.turn, [slot[0] for slot in self.slots]
+
+    def _advance(self, sent: np.ndarray, cursor: int, step: int, taken: set[int]) -> int:
+        """The first page from ``cursor`` in direction ``step`` not sent or taken (or off
+        the end of guest RAM)."""
+        while 0 <= cursor < self.n_pages:
+            if sent[cursor]:
+                found = _unsent_from(sent, cursor, 1, step)
+                cursor = int(found[0]) if found.size else (self.n_pages if step > 0 else -1)
+            elif cursor in taken:
+                cursor += step
+            else:
+                break
+        return cursor
 
     def next_pages(self, sent: np.ndarray, n: int) -> np.ndarray:
-        if not self.cursors:
+        if not self.slots:
             return self.linear.next_pages(sent, n)
-        seqs, keys, ranks = [], [], []
-        for rank, cur in enumerate(self.cursors):
-            fwd = _unsent_from(sent, cur[0], n, +1)
-            bwd = _unsent_from(sent, cur[1], n, -1)
-            cur[0] = int(fwd[0]) if fwd.size else sent.size
-            cur[1] = int(bwd[0]) if bwd.size else -1
-            seqs += [fwd, bwd]
-            keys += [2 * np.arange(fwd.size), 2 * np.arange(bwd.size) + 1]
-            ranks += [np.full(fwd.size, rank), np.full(bwd.size, rank)]
-        seq = np.concatenate(seqs)
-        order = np.lexsort((np.concatenate(ranks), np.concatenate(keys)))
-        seq = seq[order]
-        _, first = np.unique(seq, return_index=True)
-        return seq[np.sort(first)][:n]
+        out: list[int] = []
+        taken: set[int] = set()
+        self._history = [self._state()]
+        while len(out) < n:
+            for _ in range(len(self.slots)):
+                slot = self.slots[self.turn]
+                self.turn = (self.turn + 1) % len(self.slots)
+                slot[0] = self._advance(sent, slot[0], slot[1], taken)
+                if 0 <= slot[0] < self.n_pages:
+                    out.append(slot[0])
+                    taken.add(slot[0])
+                    slot[0] += slot[1]
+                    self._history.append(self._state())
+                    break
+            else:
+                break  # every cursor ran off guest RAM: all pages sent
+        return np.asarray(out, dtype=np.int64)
+
+    def keep(self, count: int) -> None:
+        """Only the first ``count`` pages of the last batch were sent: rewind to there."""
+        if self._history:
+            self.turn, cursors = self._history[count]
+            for slot, cursor in zip(self.slots, cursors, strict=True):
+                slot[0] = cursor
 
 
 class Source:
@@ -143,7 +179,9 @@ class Source:
         self.requests_duplicate = 0
         self._queue: list[tuple[Fault, float]] = []
         self._kick: simpy.Event | None = None
-        self._release = start_s  # rate limiter: earliest release of the next background byte
+        # Channel times (see network.Clock): pacing of the next background byte, the
+        # ready times of the current plan, and when its last page is written.
+        self._release = start_s
         self._plan_ready = np.empty(0)
         self._plan_end = start_s
         self.done = False
@@ -169,20 +207,27 @@ class Source:
             f.duplicate_request = True
             self.requests_duplicate += 1
             return
-        self._withdraw(t)
+        jump = self.locality in ("hint", "bubbling") or (
+            self.locality == "continue" and self.preempt is None
+        )
+        if self.preempt is None or jump or self.sent[h]:
+            # The background plan changes (vanilla queues behind it, the scan moves, or the
+            # page itself was planned): take back what is not written yet and re-plan.
+            self._withdraw(t)
         if self.preempt is not None:
-            self.preempt.send_now(h, t)
-            self.main.delay_pending(t, self.pages.wire_bytes[h] / self.bandwidth)
+            start = self.preempt.send_now(h, t)
+            moved, at = self.main.pause(start, self.pages.wire_bytes[h] / self.bandwidth)
+            self.pages.sent_at[moved] = at
             via = VIA_REQUEST_PREEMPT
         else:
             self.main.send_now(h, t)
             via = VIA_REQUEST_MAIN
         self._mark_sent(np.array([h]), np.array([t]), via)
         self.pages.requester[h] = f.fault_id
-        if self.locality == "hint" or (self.locality == "continue" and self.preempt is None):
-            self.scan.jump(h + 1)
-        elif self.locality == "bubbling":
+        if self.locality == "bubbling":
             self.scan.add_pivot(h)
+        elif jump:
+            self.scan.jump(h + 1)
 
     # -- background stream ---------------------------------------------------------------
     def _mark_sent(self, pages: np.ndarray, at: np.ndarray, via: int) -> None:
@@ -194,43 +239,46 @@ class Source:
     def _withdraw(self, t: float) -> None:
         pages = self.main.truncate_after(t)
         if pages.size:
-            self._release = float(self._plan_ready[self._plan_ready.size - pages.size])
+            kept = self._plan_ready.size - pages.size
+            self._release = float(self._plan_ready[kept])
+            self.scan.keep(kept)
             self.sent[pages] = False
             self.pages.sent_at[pages] = np.inf
             self.pages.via[pages] = VIA_NONE
             self.unsent += pages.size
             self._on_withdraw(pages)
-        self._plan_end = t
+        self._plan_end = self.main.clock.tau(t)
 
     def _plan(self, t: float) -> None:
-        """Plan the next chunk of background pages from time ``t``."""
+        """Plan the next chunk of background pages from real time ``t`` (channel times)."""
         self.main.compact(t)
         if self.preempt is not None:
             self.preempt.compact(t)
         pages = self.scan.next_pages(self.sent, self.chunk_pages)
         if pages.size == 0:
             return
+        now = self.main.clock.tau(t)
         wire = self.pages.wire_bytes[pages]
-        before = np.cumsum(wire) - wire
-        base = max(t, self._release)
-        if np.isfinite(self.background_rate):  # max-postcopy-bandwidth paces the stream
-            ready = base + before / self.background_rate
+        if np.isfinite(self.background_rate):
+            # max-postcopy-bandwidth: the k-th background byte leaves no earlier than
+            # start + k / rate (counted over the pages actually sent in the background).
+            ready = self._release + (np.cumsum(wire) - wire) / self.background_rate
             self._release = float(ready[-1] + wire[-1] / self.background_rate)
         else:
-            ready = np.full(pages.size, base)
-        free = self.main.free
-        if self.preempt is not None:  # main bytes cannot go out while urgent ones do
-            free = max(free, self.preempt.free)
-        start, _ = self.main.schedule(pages, ready, free)
+            ready = np.full(pages.size, now)
+        self._plan_ready = ready
+        ready = np.maximum(ready, now)
+        start = self.main.schedule(pages, ready, self.main.free)
         # Keep at most inflight_bytes queued in the socket: write the next page once the
         # bytes still ahead of it have drained to inflight_bytes minus its own size.
         lead = np.maximum(self.inflight_bytes - wire, 0) / self.drain_rate
         enq = np.maximum(ready, start - lead)
-        enq = np.maximum.accumulate(np.maximum(enq, self.main.enq[-1] if self.main.enq.size else t))
+        enq = np.maximum.accumulate(
+            np.maximum(enq, self.main.enq[-1] if self.main.enq.size else now)
+        )
         self.main.mark_plan_start()
         self.main.append(pages, enq, start)
-        self._mark_sent(pages, enq, VIA_BACKGROUND)
-        self._plan_ready = ready
+        self._mark_sent(pages, self.main.clock.real(enq), VIA_BACKGROUND)
         self._plan_end = float(enq[-1])
 
     def _run(self) -> Generator[simpy.Event, Any, None]:
@@ -240,11 +288,12 @@ class Source:
             while self._queue:
                 f, t = self._queue.pop(0)
                 self._serve(f, t)
-            if self._plan_end <= env.now:
+            if self.main.clock.real(self._plan_end) <= env.now:
                 if self.unsent == 0:
                     self.done = True
                     self._on_all_sent()
                     return
                 self._plan(env.now)
             self._kick = env.event()
-            yield env.timeout(self._plan_end - env.now) | self._kick
+            wake = self.main.clock.real(self._plan_end)
+            yield env.timeout(max(wake - env.now, 0.0)) | self._kick
