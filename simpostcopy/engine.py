@@ -13,6 +13,7 @@ from simpostcopy.distributions import Draws
 from simpostcopy.models.destination import Destination
 from simpostcopy.models.ledger import Fault, Pages
 from simpostcopy.models.network import Channel
+from simpostcopy.models.reference import RefSource, RefVCpu
 from simpostcopy.models.source import BubblingScan, LinearScan, Source
 from simpostcopy.models.vcpu import VCpu
 from simpostcopy.models.workload import AccessStream
@@ -73,8 +74,20 @@ def _in_flight(f: Fault) -> bool:
     )
 
 
-def simulate(scenario: Scenario, *, timeline_window_s: float = 0.01) -> Result:
-    """Simulate one postcopy migration of ``scenario`` (immediate switch-over)."""
+ENGINES = ("fast", "reference")
+
+
+def simulate(
+    scenario: Scenario, *, engine: str = "fast", timeline_window_s: float = 0.01
+) -> Result:
+    """Simulate one postcopy migration of ``scenario`` (immediate switch-over).
+
+    ``engine="fast"`` (default) costs work per fault and per background chunk;
+    ``engine="reference"`` takes one event per page and per access: same results
+    (to float rounding), for small scenarios and as the oracle of the fast one.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"engine: invalid value {engine!r}: use one of {', '.join(ENGINES)}")
     wall0 = time.perf_counter()
     s = scenario
     g, net, mig, fp = s.guest, s.network, s.migration, s.fault_path
@@ -91,7 +104,7 @@ def simulate(scenario: Scenario, *, timeline_window_s: float = 0.01) -> Result:
 
     faults: list[Fault] = []
     done = env.event()
-    source: Source
+    source: Source | RefSource
 
     dest = Destination(
         env,
@@ -101,20 +114,7 @@ def simulate(scenario: Scenario, *, timeline_window_s: float = 0.01) -> Result:
         send_request=lambda f: source.receive(f),
     )
 
-    def cost(p: np.ndarray) -> np.ndarray:
-        return pages.place_cost_s[p]
-
-    def wire(p: np.ndarray) -> np.ndarray:
-        return pages.wire_bytes[p]
-
-    main = Channel(bw, net.latency_s, cost, wire, dest.update, free=link_free_s)
-    preempt = (
-        Channel(bw, net.latency_s, cost, wire, dest.update, free=link_free_s)
-        if net.preempt
-        else None
-    )
-
-    def all_sent() -> None:
+    def finish() -> None:
         end = float(pages.placed_at.max())
         env.timeout(end - env.now).callbacks.append(lambda _e: done.succeed(end))
 
@@ -125,25 +125,60 @@ def simulate(scenario: Scenario, *, timeline_window_s: float = 0.01) -> Result:
         else LinearScan(n_pages)
     )
     limit = mig.max_postcopy_bandwidth_bytes_per_s
-    source = Source(
-        env,
-        pages,
-        main=main,
-        preempt=preempt,
-        scan=scan,
-        locality=mig.locality,
-        bandwidth=bw,
-        drain_rate=min(bw, float(pages.wire_bytes.max() / np.median(pages.place_cost_s))),
-        background_rate=limit if limit > 0 else np.inf,
-        inflight_bytes=net.inflight_bytes,
-        chunk_pages=max(1, CHUNK_BYTES // g.host_page_bytes),
-        start_s=link_free_s,
-        on_withdraw=dest.withdraw,
-        on_all_sent=all_sent,
-    )
+    background_rate = limit if limit > 0 else np.inf
+    drain_rate = min(bw, float(pages.wire_bytes.max() / np.median(pages.place_cost_s)))
+    if engine == "reference":
+        source = RefSource(
+            env,
+            pages,
+            dest,
+            preempt=net.preempt,
+            scan=scan,
+            locality=mig.locality,
+            bandwidth=bw,
+            latency=net.latency_s,
+            drain_rate=drain_rate,
+            background_rate=background_rate,
+            inflight_bytes=net.inflight_bytes,
+            start_s=link_free_s,
+            on_all_placed=finish,
+        )
+        bytes_sent = lambda: source.bytes_sent  # noqa: E731
+    else:
+
+        def cost(p: np.ndarray) -> np.ndarray:
+            return pages.place_cost_s[p]
+
+        def wire(p: np.ndarray) -> np.ndarray:
+            return pages.wire_bytes[p]
+
+        main = Channel(bw, net.latency_s, cost, wire, dest.update, free=link_free_s)
+        preempt = (
+            Channel(bw, net.latency_s, cost, wire, dest.update, free=link_free_s)
+            if net.preempt
+            else None
+        )
+        source = Source(
+            env,
+            pages,
+            main=main,
+            preempt=preempt,
+            scan=scan,
+            locality=mig.locality,
+            bandwidth=bw,
+            drain_rate=drain_rate,
+            background_rate=background_rate,
+            inflight_bytes=net.inflight_bytes,
+            chunk_pages=max(1, CHUNK_BYTES // g.host_page_bytes),
+            start_s=link_free_s,
+            on_withdraw=dest.withdraw,
+            on_all_sent=finish,
+        )
+        bytes_sent = lambda: main.bytes_sent + (preempt.bytes_sent if preempt else 0)  # noqa: E731
     host_shift = int(g.host_page_bytes // TARGET_PAGE_BYTES).bit_length() - 1
+    vcpu_class = RefVCpu if engine == "reference" else VCpu
     vcpus = [
-        VCpu(
+        vcpu_class(
             env,
             v,
             st,
@@ -180,12 +215,12 @@ def simulate(scenario: Scenario, *, timeline_window_s: float = 0.01) -> Result:
         accesses=accesses,
         requests_received=source.requests_received,
         requests_duplicate=source.requests_duplicate,
-        bytes_sent=main.bytes_sent + (preempt.bytes_sent if preempt else 0),
+        bytes_sent=bytes_sent(),
         timing=timing,
         timeline_window_s=timeline_window_s,
         meta={
             "version": __version__,
-            "engine": "fast",
+            "engine": engine,
             "simpy_events": next(env._eid),
         },
     )

@@ -10,7 +10,7 @@ import numpy as np
 import simpy
 
 from simpostcopy.distributions import Draws
-from simpostcopy.models.ledger import Fault, Pages
+from simpostcopy.models.ledger import TIE_S, Fault, Pages
 
 
 class Destination:
@@ -90,7 +90,7 @@ class Destination:
             f: Fault = yield self._messages.get()
             f.read_s = env.now
             h = f.host_page
-            if placed_at[h] <= env.now or self.requested[h]:
+            if placed_at[h] <= env.now + TIE_S or self.requested[h]:
                 continue  # already here, or someone asked for it: just wait
             self.requested[h] = True
             f.requested = True

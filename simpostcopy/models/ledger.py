@@ -11,6 +11,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+# Two times closer than this are simultaneous: the engines compute the same instant
+# with different float operations, and a decision (is the page there yet?) must not
+# flip on rounding noise.  Far below any modelled delay, far above float error.
+TIE_S = 1e-12
+
 # How a host page reached the destination.
 VIA_NONE, VIA_BACKGROUND, VIA_REQUEST_MAIN, VIA_REQUEST_PREEMPT = 0, 1, 2, 3
 

@@ -176,11 +176,10 @@ class Channel:
     def send_now(self, page: int, t: float) -> float:
         """Write one host page at real time ``t`` behind everything already buffered;
         returns the real time its first byte goes out."""
-        pages = np.array([page], dtype=np.int64)
         tau = self.clock.tau(t)
-        start = self.schedule(pages, np.array([tau]), self.free)
-        self.append(pages, np.array([tau]), start)
-        return float(self.clock.real(start[0]))
+        start = max(tau, self.free)  # exactly t when the socket is idle
+        self.append(np.array([page], dtype=np.int64), np.array([tau]), np.array([start]))
+        return float(self.clock.real(start))
 
     def mark_plan_start(self) -> None:
         """Remember the socket's state before a plan is appended (restored by truncation)."""

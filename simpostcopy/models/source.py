@@ -9,6 +9,7 @@ import numpy as np
 import simpy
 
 from simpostcopy.models.ledger import (
+    TIE_S,
     VIA_BACKGROUND,
     VIA_NONE,
     VIA_REQUEST_MAIN,
@@ -202,7 +203,7 @@ class Source:
 
     def _serve(self, f: Fault, t: float) -> None:
         h = f.host_page
-        if self.pages.sent_at[h] <= t:
+        if self.pages.sent_at[h] <= t + TIE_S:
             # QEMU skips a queued page that is no longer dirty: it went out already.
             f.duplicate_request = True
             self.requests_duplicate += 1
@@ -237,7 +238,7 @@ class Source:
         self.unsent -= pages.size
 
     def _withdraw(self, t: float) -> None:
-        pages = self.main.truncate_after(t)
+        pages = self.main.truncate_after(t + TIE_S)
         if pages.size:
             kept = self._plan_ready.size - pages.size
             self._release = float(self._plan_ready[kept])
@@ -288,7 +289,7 @@ class Source:
             while self._queue:
                 f, t = self._queue.pop(0)
                 self._serve(f, t)
-            if self.main.clock.real(self._plan_end) <= env.now:
+            if self.main.clock.real(self._plan_end) <= env.now + TIE_S:
                 if self.unsent == 0:
                     self.done = True
                     self._on_all_sent()

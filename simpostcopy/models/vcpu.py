@@ -10,7 +10,7 @@ import simpy
 
 from simpostcopy.distributions import Draws
 from simpostcopy.models.destination import Destination
-from simpostcopy.models.ledger import Fault
+from simpostcopy.models.ledger import TIE_S, Fault
 from simpostcopy.models.workload import BLOCK, AccessStream
 
 
@@ -57,13 +57,29 @@ class VCpu:
         env.process(self._run(start_s))
 
     def accesses_done(self, t: float) -> int:
-        """Accesses completed by time ``t`` (a faulting access completes on resume)."""
+        """Accesses completed by time ``t`` (a faulting access completes on resume).
+
+        An access due within a billionth of a think time of ``t`` counts as done, so
+        float rounding of ``t`` cannot flip the count.
+        """
         if self.blocked is not None:
             return self.blocked.access
-        if t < self.t_seg:
-            return self.j_seg
-        n = self.j_seg + int(np.floor((t - self.t_seg) / self.dt + 1e-9)) + 1
-        return min(n, self.limit)
+        k = int(np.floor((t - self.t_seg) / self.dt + 1e-9))
+        return self.j_seg if k < 0 else min(self.j_seg + k + 1, self.limit)
+
+    def _fault(self, j: int, target: int, h: int) -> Generator[simpy.Event, Any, None]:
+        """Access ``j`` faults on host page ``h``: block until it is placed, then wake."""
+        env = self.env
+        f = Fault(len(self.faults), self.index, j, target, h, env.now)
+        self.faults.append(f)
+        self.blocked = f
+        yield self.dest.fault(f, self.delivery_s.next())
+        wake = self.wake_s.next()
+        if wake > 0:
+            yield env.timeout(wake)
+        f.resumed_s = env.now
+        self.blocked = None
+        self.j_seg, self.t_seg = j + 1, env.now + self.dt
 
     def _run(self, start_s: float) -> Generator[simpy.Event, Any, None]:
         env, placed_at, shift = self.env, self.dest.pages.placed_at, self.host_shift
@@ -75,7 +91,7 @@ class VCpu:
             while scanned < BLOCK and j < self.limit:
                 m = int(min(n, self.limit - j))
                 pages = self.stream.pages(j, m)
-                missing = placed_at[pages >> shift] > env.now
+                missing = placed_at[pages >> shift] > env.now + TIE_S
                 k = int(np.argmax(missing))
                 if missing[k]:
                     hit = j + k
@@ -94,18 +110,9 @@ class VCpu:
                 yield env.timeout(t_access - env.now)
             target = int(self.stream.pages(hit, 1)[0])
             h = target >> shift
-            if placed_at[h] <= env.now:
+            if placed_at[h] <= env.now + TIE_S:
                 j = hit + 1  # the page arrived in the meantime: no fault
                 continue
-            f = Fault(len(self.faults), self.index, hit, target, h, env.now)
-            self.faults.append(f)
-            self.blocked = f
-            yield self.dest.fault(f, self.delivery_s.next())
-            wake = self.wake_s.next()
-            if wake > 0:
-                yield env.timeout(wake)
-            f.resumed_s = env.now
-            self.blocked = None
+            yield from self._fault(hit, target, h)
             j = hit + 1
-            self.j_seg, self.t_seg = j, env.now + self.dt
         self.finished_s = self.t_seg + (self.limit - 1 - self.j_seg) * self.dt

@@ -1,0 +1,232 @@
+"""The reference engine: the same model, one event per page and one per guest access.
+
+Nothing here plans ahead, vectorises or skips: the background writer decides and writes
+one host page at a time, every page's arrival and placement is an event of its own, and
+every vCPU access is a step of its own.  It is slow and obviously follows the rules the
+fast engine (source.Source, network.Channel, vcpu.VCpu) computes in bulk, so it is the
+oracle the fast engine is tested against on small scenarios.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from typing import Any
+
+import numpy as np
+import simpy
+from simpy.core import URGENT
+
+from simpostcopy.models.destination import Destination
+from simpostcopy.models.ledger import (
+    TIE_S,
+    VIA_BACKGROUND,
+    VIA_REQUEST_MAIN,
+    VIA_REQUEST_PREEMPT,
+    Fault,
+    Pages,
+)
+from simpostcopy.models.network import Clock
+from simpostcopy.models.source import BubblingScan, LinearScan
+from simpostcopy.models.vcpu import VCpu
+
+
+def _urgent_timeout(env: simpy.Environment, delay: float) -> simpy.Event:
+    """A timeout processed before ordinary events at the same instant (a write at t
+    happens before a request that arrives at t)."""
+    event = simpy.Event(env)
+    # Pre-trigger it the way SimPy's own Timeout does, then schedule it as URGENT.
+    event._ok = True
+    event._value = None
+    env.schedule(event, URGENT, delay)
+    return event
+
+
+class RefReceiver:
+    """A channel's receiving thread: places arrived host pages one by one, FIFO."""
+
+    def __init__(self, env: simpy.Environment, pages: Pages, dest: Destination, free: float):
+        self.env, self.pages, self.dest, self.free = env, pages, dest, free
+        self.placed = 0
+
+    def arrive(self, h: int) -> None:
+        now = self.env.now
+        placed = max(now, self.free) + float(self.pages.place_cost_s[h])
+        self.free = placed
+        self.placed += 1
+        self.dest.update(np.array([h]), np.array([now]), np.array([placed]))
+
+
+class RefSource:
+    """The source's migration thread, page by page, with the main channel in its own clock.
+
+    Per page: serve queued requests first; pick the next page of the scan; write it once
+    the rate limit allows and the bytes ahead of it in the socket have drained to
+    ``inflight_bytes`` minus its size; the socket starts it when it has finished the page
+    before (holding each page for max(wire time, placement cost)); its last byte arrives
+    one latency after it leaves.  An urgent page on the preempt channel pauses the main
+    channel's clock for its wire time.
+    """
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        pages: Pages,
+        dest: Destination,
+        *,
+        preempt: bool,
+        scan: LinearScan | BubblingScan,
+        locality: str,
+        bandwidth: float,
+        latency: float,
+        drain_rate: float,
+        background_rate: float,
+        inflight_bytes: int,
+        start_s: float,
+        on_all_placed: Callable[[], None],
+    ) -> None:
+        self.env, self.pages, self.dest = env, pages, dest
+        self.preempt, self.scan, self.locality = preempt, scan, locality
+        self.bandwidth, self.latency, self.drain_rate = bandwidth, latency, drain_rate
+        self.background_rate, self.inflight_bytes = background_rate, inflight_bytes
+        self.clock = Clock()
+        self.main_free = start_s  # channel time the main socket can start its next page
+        self.preempt_free = start_s
+        self.release = start_s  # channel time the next background byte may leave
+        self._written: list[tuple[int, float]] = []  # background writes: (page, channel time)
+        self.main_rx = RefReceiver(env, pages, dest, start_s)
+        self.preempt_rx = RefReceiver(env, pages, dest, start_s)
+        self.sent = np.zeros(pages.count, dtype=bool)
+        self.unsent = pages.count
+        self.bytes_sent = 0
+        self.requests_received = 0
+        self.requests_duplicate = 0
+        self.done = False
+        self._on_all_placed = on_all_placed
+        self._queue: list[tuple[Fault, float]] = []
+        self._kick: simpy.Event | None = None
+        env.process(self._run(start_s))
+
+    def receive(self, f: Fault) -> None:
+        f.request_at_source_s = self.env.now
+        self.requests_received += 1
+        if self.done:
+            f.duplicate_request = True
+            self.requests_duplicate += 1
+            return
+        self._queue.append((f, self.env.now))
+        if self._kick is not None and not self._kick.triggered:
+            self._kick.succeed()
+
+    # -- the wire ------------------------------------------------------------------------
+    def _hold(self, h: int) -> tuple[float, float]:
+        wire = self.pages.wire_bytes[h] / self.bandwidth
+        return wire, max(wire, float(self.pages.place_cost_s[h]))
+
+    def _main_write(self, h: int, enq_tau: float) -> None:
+        """The socket takes page ``h`` written at channel time ``enq_tau``."""
+        wire, hold = self._hold(h)
+        start = max(enq_tau, self.main_free)
+        self.main_free = start + hold
+        self.bytes_sent += int(self.pages.wire_bytes[h])
+        self._deliver(h, start + wire, self.main_rx, self.clock)
+
+    def _deliver(self, h: int, end: float, rx: RefReceiver, clock: Clock | None) -> None:
+        """Hand page ``h`` to ``rx`` one latency after its last byte (``end``) leaves;
+        main-channel times are re-read when the event fires, as pauses may move them."""
+
+        def check(_e: simpy.Event) -> None:
+            arrival = (clock.real(end) if clock else end) + self.latency
+            if arrival > self.env.now + TIE_S:
+                _urgent_timeout(self.env, arrival - self.env.now).callbacks.append(check)
+                return
+            rx.arrive(h)
+            if self.main_rx.placed + self.preempt_rx.placed == self.pages.count:
+                self._on_all_placed()
+
+        arrival = (clock.real(end) if clock else end) + self.latency
+        _urgent_timeout(self.env, arrival - self.env.now).callbacks.append(check)
+
+    def _mark(self, h: int, at: float, via: int) -> None:
+        self.sent[h] = True
+        self.pages.sent_at[h] = at
+        self.pages.via[h] = via
+        self.unsent -= 1
+
+    # -- requests ------------------------------------------------------------------------
+    def _serve(self, f: Fault, t: float) -> None:
+        h = f.host_page
+        if self.sent[h]:
+            f.duplicate_request = True
+            self.requests_duplicate += 1
+            return
+        wire, hold = self._hold(h)
+        if self.preempt:
+            start = max(t, self.preempt_free)
+            self.preempt_free = start + hold
+            self.bytes_sent += int(self.pages.wire_bytes[h])
+            self._deliver(h, start + wire, self.preempt_rx, None)
+            sigma = self.clock.pause(start, wire)
+            # Background writes already made at or after the pause move with it.
+            for page, tau in self._written:
+                if tau >= sigma:
+                    self.pages.sent_at[page] = self.clock.real(tau)
+            via = VIA_REQUEST_PREEMPT
+        else:
+            self._main_write(h, self.clock.tau(t))
+            via = VIA_REQUEST_MAIN
+        self._mark(h, t, via)
+        self.pages.requester[h] = f.fault_id
+        if self.locality == "bubbling":
+            self.scan.add_pivot(h)
+        elif self.locality == "hint" or (self.locality == "continue" and not self.preempt):
+            self.scan.jump(h + 1)
+
+    # -- the background writer -------------------------------------------------------------
+    def _run(self, start_s: float) -> Generator[simpy.Event, Any, None]:
+        env = self.env
+        yield env.timeout(start_s - env.now)
+        while True:
+            while self._queue:
+                f, t = self._queue.pop(0)
+                self._serve(f, t)
+            if self.unsent == 0:
+                self.done = True
+                return
+            h = int(self.scan.next_pages(self.sent, 1)[0])
+            wire_bytes = int(self.pages.wire_bytes[h])
+            now = self.clock.tau(env.now)
+            ready = self.release if np.isfinite(self.background_rate) else now
+            lead = max(self.inflight_bytes - wire_bytes, 0) / self.drain_rate
+            start = max(ready, now, self.main_free)
+            enq = max(ready, now, start - lead)
+            self._kick = env.event()
+            yield _urgent_timeout(env, max(self.clock.real(enq) - env.now, 0.0)) | self._kick
+            if self.clock.real(enq) > env.now + TIE_S:
+                self.scan.keep(0)  # a request came first: decide again after serving it
+                continue
+            if np.isfinite(self.background_rate):
+                self.release = ready + wire_bytes / self.background_rate
+            self._main_write(h, enq)
+            self._mark(h, self.clock.real(enq), VIA_BACKGROUND)
+            self._written = [(p, tau) for p, tau in self._written if tau >= now] + [(h, enq)]
+
+
+class RefVCpu(VCpu):
+    """A closed-loop vCPU stepping through every access as an event of its own."""
+
+    def _run(self, start_s: float) -> Generator[simpy.Event, Any, None]:
+        env, placed_at = self.env, self.dest.pages.placed_at
+        yield env.timeout(start_s - env.now)
+        j = 0
+        while j < self.limit:
+            t_access = self.t_seg + (j - self.j_seg) * self.dt
+            if t_access > env.now:
+                yield env.timeout(t_access - env.now)
+            target = int(self.stream.pages(j, 1)[0])
+            h = target >> self.host_shift
+            if placed_at[h] <= env.now + TIE_S:
+                j += 1
+                continue
+            yield from self._fault(j, target, h)
+            j += 1
+        self.finished_s = self.t_seg + (self.limit - 1 - self.j_seg) * self.dt

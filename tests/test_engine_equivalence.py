@@ -1,0 +1,82 @@
+"""The fast engine gives the reference engine's results on random small scenarios."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_invariants import scenarios
+
+from simpostcopy.config import Scenario
+from simpostcopy.engine import simulate
+
+TIME_COLUMNS = [
+    "fault_s",
+    "read_s",
+    "request_sent_s",
+    "request_at_source_s",
+    "page_sent_s",
+    "page_arrived_s",
+    "placed_s",
+    "resumed_s",
+    "latency_s",
+]
+
+
+def assert_same(fast, ref) -> None:
+    fa, fr = fast.faults, ref.faults
+    exact = [c for c in fa.columns if c not in TIME_COLUMNS]
+    pd.testing.assert_frame_equal(fa[exact], fr[exact])
+    np.testing.assert_allclose(fa[TIME_COLUMNS], fr[TIME_COLUMNS], rtol=0, atol=1e-9)
+    pd.testing.assert_frame_equal(fast.vcpus, ref.vcpus, rtol=0, atol=1e-9, check_exact=False)
+    for key, value in fast.summary.items():
+        other = ref.summary[key]
+        if isinstance(value, float):
+            assert math.isclose(value, other, rel_tol=0, abs_tol=1e-9) or (
+                math.isnan(value) and math.isnan(other)
+            ), key
+        elif isinstance(value, list):
+            np.testing.assert_allclose(value, other, rtol=0, atol=1e-9)
+        else:
+            assert value == other, key
+
+
+@st.composite
+def small(draw: st.DrawFn) -> Scenario:
+    s = draw(scenarios())
+    # Bounded work for the reference engine: at most a few hundred accesses per vCPU.
+    return s.override({"workload.accesses_per_vcpu": draw(st.integers(1, 300))})
+
+
+@settings(max_examples=220, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(small())
+def test_fast_equals_reference(s: Scenario) -> None:
+    assert_same(simulate(s), simulate(s, engine="reference"))
+
+
+@pytest.mark.parametrize("locality", ["none", "continue", "hint", "bubbling"])
+@pytest.mark.parametrize("preempt", [False, True])
+def test_fast_equals_reference_on_a_busy_guest(locality: str, preempt: bool) -> None:
+    # Many faults racing the background stream: every request path gets exercised.
+    s = Scenario().override(
+        {
+            "guest.ram_bytes": "8 MiB",
+            "guest.vcpus": 3,
+            "workload.pattern": "uniform",
+            "workload.working_set_bytes": "6 MiB",
+            "workload.accesses_per_vcpu": 3000,
+            "network.bandwidth_bytes_per_s": "1 Gbit/s",
+            "network.inflight_bytes": "256 KiB",
+            "network.preempt": preempt,
+            "migration.locality": locality,
+            "migration.bubbling_pivots": 2,
+        }
+    )
+    fast, ref = simulate(s), simulate(s, engine="reference")
+    assert len(fast.faults) > 50
+    assert_same(fast, ref)
+    assert ref.meta["simpy_events"] > fast.meta["simpy_events"]
