@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from simpostcopy.config import TARGET_PAGE_BYTES, FaultPath, Scenario
-from simpostcopy.models.ledger import VIA_BACKGROUND, VIA_REQUEST_PREEMPT, Fault, Pages
+from simpostcopy.models.ledger import TIE_S, VIA_BACKGROUND, VIA_REQUEST_PREEMPT, Fault, Pages
 
 LATENCY_BUCKETS = 24  # QEMU's postcopy-latency-dist: [2^N, 2^(N+1)) microseconds
 
@@ -71,7 +71,7 @@ def _qemu_window(fa: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     to the placement, and ignores faults whose page was placed before the read.
     """
     read, placed = fa["read_s"].to_numpy(), fa["placed_s"].to_numpy()
-    mask = read < placed
+    mask = placed - read > TIE_S
     return mask, (placed - read)[mask]
 
 
@@ -282,6 +282,10 @@ def _fault_frame(faults: list[Fault], pages: Pages) -> pd.DataFrame:
         categories=["request", "other_request", "background"],
     )
     fa["channel"] = _channel(via)
+    # Canonical order and numbering: by fault time, then vCPU (simultaneous faults of
+    # different vCPUs would otherwise be numbered in event-processing order).
+    fa = fa.sort_values(["fault_s", "vcpu"], kind="stable", ignore_index=True)
+    fa["fault_id"] = np.arange(len(fa), dtype=np.int64)
     order = [
         "fault_id",
         "vcpu",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Generator
 from functools import partial
 from typing import Any
@@ -40,7 +41,8 @@ class Destination:
         self._has_waiters = np.zeros(pages.count, dtype=bool)
         self._waiters: dict[int, list[simpy.Event]] = {}
         self._check_at: dict[int, float] = {}
-        self._messages = simpy.Store(env)
+        self._inbox: list[tuple[float, int, int, Fault]] = []  # readable uffd messages
+        self._readable = env.event()
         env.process(self._fault_thread())
 
     # -- placement schedule (driven by the channels) -----------------------------------
@@ -81,13 +83,26 @@ class Destination:
         self._waiters.setdefault(h, []).append(waiter)
         self._has_waiters[h] = True
         self._schedule_wake(h)
-        self.env.timeout(delivery_s).callbacks.append(lambda _e: self._messages.put(f))
+        self.env.timeout(delivery_s).callbacks.append(lambda _e: self._deliver(f))
         return waiter
+
+    def _deliver(self, f: Fault) -> None:
+        """The uffd message of ``f`` becomes readable."""
+        heapq.heappush(self._inbox, (self.env.now, f.vcpu, f.fault_id, f))
+        if not self._readable.triggered:
+            self._readable.succeed()
 
     def _fault_thread(self) -> Generator[simpy.Event, Any, None]:
         env, placed_at = self.env, self.pages.placed_at
         while True:
-            f: Fault = yield self._messages.get()
+            if not self._inbox:
+                self._readable = env.event()
+                yield self._readable
+            # Let every message that becomes readable at this instant arrive, then read
+            # them in a fixed order (earliest first, then by vCPU), whatever the order
+            # of simultaneous events.
+            yield env.timeout(0)
+            f: Fault = heapq.heappop(self._inbox)[-1]
             f.read_s = env.now
             h = f.host_page
             if placed_at[h] <= env.now + TIE_S or self.requested[h]:

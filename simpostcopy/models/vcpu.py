@@ -59,11 +59,14 @@ class VCpu:
     def accesses_done(self, t: float) -> int:
         """Accesses completed by time ``t`` (a faulting access completes on resume).
 
-        An access due within a billionth of a think time of ``t`` counts as done, so
-        float rounding of ``t`` cannot flip the count.
+        Instants within TIE_S count as simultaneous, and an access due within a
+        billionth of a think time of ``t`` counts as done, so float rounding of ``t``
+        cannot flip the count.
         """
-        if self.blocked is not None:
-            return self.blocked.access
+        f = self.blocked
+        if f is not None:
+            # Resuming (its wake-up drawn) at t: the faulting access is complete.
+            return f.access + 1 if f.resumed_s <= t + TIE_S else f.access
         k = int(np.floor((t - self.t_seg) / self.dt + 1e-9))
         return self.j_seg if k < 0 else min(self.j_seg + k + 1, self.limit)
 
@@ -75,9 +78,9 @@ class VCpu:
         self.blocked = f
         yield self.dest.fault(f, self.delivery_s.next())
         wake = self.wake_s.next()
+        f.resumed_s = env.now + wake
         if wake > 0:
             yield env.timeout(wake)
-        f.resumed_s = env.now
         self.blocked = None
         self.j_seg, self.t_seg = j + 1, env.now + self.dt
 
