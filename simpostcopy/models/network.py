@@ -66,9 +66,12 @@ class Clock:
     def tau(self, x: float) -> float:
         """Channel time of real time ``x`` (the pause's start while ``x`` is inside it)."""
         k = bisect_right(self._s, x)
-        if k and x < self._s[k - 1] + self._d[k - 1]:
+        if not k:
+            return x - self._base
+        if x < self._s[k - 1] + self._d[k - 1]:
             return self._sigma[k - 1]
-        return x - self._base - self._cum[k]
+        # Never before the last pause's start (float rounding at its end).
+        return max(x - self._base - self._cum[k], self._sigma[k - 1])
 
     def pause(self, s: float, d: float) -> float:
         """Pause the channel for ``d`` from real time ``s`` (not before any earlier pause
