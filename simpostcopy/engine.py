@@ -12,7 +12,7 @@ from simpostcopy.config import TARGET_PAGE_BYTES, Scenario, load_trace
 from simpostcopy.distributions import Draws
 from simpostcopy.models.destination import Destination
 from simpostcopy.models.ledger import Fault, Pages
-from simpostcopy.models.network import Channel
+from simpostcopy.models.network import Channel, UrgentChannel
 from simpostcopy.models.reference import RefSource, RefVCpu
 from simpostcopy.models.source import BubblingScan, LinearScan, Source
 from simpostcopy.models.vcpu import VCpu
@@ -154,7 +154,14 @@ def simulate(
 
         main = Channel(bw, net.latency_s, cost, wire, dest.update, free=link_free_s)
         preempt = (
-            Channel(bw, net.latency_s, cost, wire, dest.update, free=link_free_s)
+            UrgentChannel(
+                bw,
+                net.latency_s,
+                pages.place_cost_s,
+                pages.wire_bytes,
+                dest.update_one,
+                link_free_s,
+            )
             if net.preempt
             else None
         )

@@ -53,6 +53,13 @@ class Destination:
         for h in pages[self._has_waiters[pages]].tolist():
             self._schedule_wake(h)
 
+    def update_one(self, h: int, arrived: float, placed: float) -> None:
+        """``update`` for a single page (the preempt channel, the reference engine)."""
+        self.pages.arrived_at[h] = arrived
+        self.pages.placed_at[h] = placed
+        if self._has_waiters[h]:
+            self._schedule_wake(h)
+
     def withdraw(self, pages: np.ndarray) -> None:
         """The source took back pages it had planned but not sent."""
         self.pages.arrived_at[pages] = np.inf

@@ -209,3 +209,45 @@ class Channel:
             self._placements(k)
         k = int(np.searchsorted(self.enq, sigma, side="left"))
         return self.page[k:], self.clock.real(self.enq[k:])
+
+
+class UrgentChannel:
+    """The preempt channel: urgent host pages one at a time, placed by its own thread.
+
+    Its pages never wait for background data and nothing ever delays them once sent,
+    so each page's times are final when it is written: plain scalars, no arrays.
+    """
+
+    def __init__(
+        self,
+        bandwidth: float,
+        latency: float,
+        place_cost: np.ndarray,
+        wire_bytes: np.ndarray,
+        on_update: Callable[[int, float, float], None],
+        free: float,
+    ) -> None:
+        self.bandwidth = bandwidth
+        self.latency = latency
+        self._place_cost = place_cost
+        self._wire_bytes = wire_bytes
+        self._on_update = on_update
+        self.free = free  # when the socket can take the next page
+        self._recv_free = free  # when the receiving thread is done placing
+        self.bytes_sent = 0
+
+    def send_now(self, page: int, t: float) -> float:
+        """Write host page ``page`` at ``t``; returns when its first byte goes out."""
+        wire = self._wire_bytes[page] / self.bandwidth
+        cost = float(self._place_cost[page])
+        start = max(t, self.free)
+        self.free = start + max(wire, cost)
+        arrived = (start + wire) + self.latency
+        placed = max(arrived, self._recv_free) + cost
+        self._recv_free = placed
+        self.bytes_sent += int(self._wire_bytes[page])
+        self._on_update(page, arrived, placed)
+        return start
+
+    def compact(self, now: float) -> None:
+        """Nothing to forget: no page is kept."""

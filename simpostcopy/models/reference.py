@@ -53,7 +53,7 @@ class RefReceiver:
         placed = max(now, self.free) + float(self.pages.place_cost_s[h])
         self.free = placed
         self.placed += 1
-        self.dest.update(np.array([h]), np.array([now]), np.array([placed]))
+        self.dest.update_one(h, now, placed)
 
 
 class RefSource:

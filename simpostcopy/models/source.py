@@ -17,7 +17,7 @@ from simpostcopy.models.ledger import (
     Fault,
     Pages,
 )
-from simpostcopy.models.network import Channel
+from simpostcopy.models.network import Channel, UrgentChannel
 
 
 def _unsent_from(sent: np.ndarray, start: int, n: int, step: int) -> np.ndarray:
@@ -148,7 +148,7 @@ class Source:
         pages: Pages,
         *,
         main: Channel,
-        preempt: Channel | None,
+        preempt: UrgentChannel | None,
         scan: LinearScan | BubblingScan,
         locality: str,
         bandwidth: float,
