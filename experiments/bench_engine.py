@@ -50,10 +50,10 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     },
     # The largest of these the reference engine finishes in about two minutes here.
     "shared": {
-        "guest.ram_bytes": "256 MiB",
+        "guest.ram_bytes": "2 GiB",
         "guest.vcpus": 2,
         "workload.pattern": "hotset",
-        "workload.working_set_bytes": "128 MiB",
+        "workload.working_set_bytes": "1 GiB",
         "workload.accesses_per_s": 1e6,
         "network.bandwidth_bytes_per_s": "10 Gbit/s",
         "network.preempt": True,
