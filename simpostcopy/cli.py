@@ -82,7 +82,7 @@ def summary_table(result: Result) -> str:
 def _run(args: argparse.Namespace) -> int:
     from simpostcopy.engine import simulate  # keeps `--help` fast
 
-    result = simulate(_scenario(args), timeline_window_s=args.timeline_window)
+    result = simulate(_scenario(args), engine=args.engine, timeline_window_s=args.timeline_window)
     if args.out:
         result.save(args.out)
     if args.json:
@@ -221,6 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.01,
         metavar="TIME",
         help="width of the degradation-timeline windows (default 10 ms)",
+    )
+    run.add_argument(
+        "--engine",
+        choices=["fast", "reference"],
+        default="fast",
+        help="fast (default) or reference: one event per page and per access, for checking",
     )
     run.add_argument(
         "--calibration",

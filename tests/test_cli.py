@@ -78,3 +78,14 @@ def test_bad_input_exits_2_with_one_clear_line(args, message):
     assert "Traceback" not in proc.stderr
     assert message in proc.stderr
     assert proc.stderr.startswith("simpostcopy: error:")
+
+
+def test_run_with_the_reference_engine_matches_the_fast_one(capsys):
+    args = ["run", "--set", "guest.ram_bytes=8MiB", "--set", "workload.working_set_bytes=4MiB"]
+    args += ["--set", "workload.accesses_per_vcpu=2000", "--json"]
+    assert main([*args, "--engine", "reference"]) == 0
+    ref = json.loads(capsys.readouterr().out)
+    assert main(args) == 0
+    fast = json.loads(capsys.readouterr().out)
+    assert ref["remote_faults"] == fast["remote_faults"] > 0
+    assert ref["total_time_s"] == pytest.approx(fast["total_time_s"], abs=1e-9)
