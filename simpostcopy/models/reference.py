@@ -26,7 +26,7 @@ from simpostcopy.models.ledger import (
     Pages,
 )
 from simpostcopy.models.network import Clock
-from simpostcopy.models.source import BubblingScan, LinearScan
+from simpostcopy.models.source import BubblingScan, LinearScan, RequestQueue
 from simpostcopy.models.vcpu import VCpu
 
 
@@ -56,7 +56,7 @@ class RefReceiver:
         self.dest.update_one(h, now, placed)
 
 
-class RefSource:
+class RefSource(RequestQueue):
     """The source's migration thread, page by page, with the main channel in its own clock.
 
     Per page: serve queued requests first; pick the next page of the scan; write it once
@@ -84,8 +84,8 @@ class RefSource:
         start_s: float,
         on_all_placed: Callable[[], None],
     ) -> None:
-        self.env, self.pages, self.dest = env, pages, dest
-        self.preempt, self.scan, self.locality = preempt, scan, locality
+        super().__init__(env, pages, scan, locality, preempt)
+        self.dest, self.preempt = dest, preempt
         self.bandwidth, self.latency, self.drain_rate = bandwidth, latency, drain_rate
         self.background_rate, self.inflight_bytes = background_rate, inflight_bytes
         self.clock = Clock()
@@ -98,24 +98,8 @@ class RefSource:
         self.sent = np.zeros(pages.count, dtype=bool)
         self.unsent = pages.count
         self.bytes_sent = 0
-        self.requests_received = 0
-        self.requests_duplicate = 0
-        self.done = False
         self._on_all_placed = on_all_placed
-        self._queue: list[tuple[Fault, float]] = []
-        self._kick: simpy.Event | None = None
         env.process(self._run(start_s))
-
-    def receive(self, f: Fault) -> None:
-        f.request_at_source_s = self.env.now
-        self.requests_received += 1
-        if self.done:
-            f.duplicate_request = True
-            self.requests_duplicate += 1
-            return
-        self._queue.append((f, self.env.now))
-        if self._kick is not None and not self._kick.triggered:
-            self._kick.succeed()
 
     # -- the wire ------------------------------------------------------------------------
     def _hold(self, h: int) -> tuple[float, float]:
@@ -156,8 +140,7 @@ class RefSource:
     def _serve(self, f: Fault, t: float) -> None:
         h = f.host_page
         if self.sent[h]:
-            f.duplicate_request = True
-            self.requests_duplicate += 1
+            self._duplicate(f)
             return
         wire, hold = self._hold(h)
         if self.preempt:
@@ -175,11 +158,7 @@ class RefSource:
             self._main_write(h, self.clock.tau(t))
             via = VIA_REQUEST_MAIN
         self._mark(h, t, via)
-        self.pages.requester[h] = f.fault_id
-        if self.locality == "bubbling":
-            self.scan.add_pivot(h)
-        elif self.locality == "hint" or (self.locality == "continue" and not self.preempt):
-            self.scan.jump(h + 1)
+        self._served(f)
 
     # -- the background writer -------------------------------------------------------------
     def _run(self, start_s: float) -> Generator[simpy.Event, Any, None]:

@@ -132,7 +132,59 @@ class BubblingScan:
                 slot[0] = cursor
 
 
-class Source:
+class RequestQueue:
+    """What both engines' sources share: the REQ_PAGES queue and QEMU's locality rules."""
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        pages: Pages,
+        scan: LinearScan | BubblingScan,
+        locality: str,
+        preempt: bool,
+    ) -> None:
+        self.env = env
+        self.pages = pages
+        self.scan = scan
+        self.locality = locality
+        # Whether serving a request moves the background scan: QEMU vanilla continues
+        # after the requested page, 10.1's hint does so with preempt too, bubbling pivots.
+        self.moves_scan = locality in ("hint", "bubbling") or (
+            locality == "continue" and not preempt
+        )
+        self.requests_received = 0
+        self.requests_duplicate = 0
+        self.done = False  # every page sent: later requests are duplicates
+        self._queue: list[tuple[Fault, float]] = []
+        self._kick: simpy.Event | None = None
+
+    def receive(self, f: Fault) -> None:
+        """A REQ_PAGES message arrived on the return path."""
+        f.request_at_source_s = self.env.now
+        self.requests_received += 1
+        if self.done:
+            self._duplicate(f)
+            return
+        self._queue.append((f, self.env.now))
+        if self._kick is not None and not self._kick.triggered:
+            self._kick.succeed()
+
+    def _duplicate(self, f: Fault) -> None:
+        # QEMU skips a queued page that is no longer dirty: it went out already.
+        f.duplicate_request = True
+        self.requests_duplicate += 1
+
+    def _served(self, f: Fault) -> None:
+        """Bookkeeping after page ``f.host_page`` was sent for request ``f``."""
+        h = f.host_page
+        self.pages.requester[h] = f.fault_id
+        if self.locality == "bubbling":
+            self.scan.add_pivot(h)
+        elif self.moves_scan:
+            self.scan.jump(h + 1)
+
+
+class Source(RequestQueue):
     """The source's migration thread in postcopy: requests first, then the background scan.
 
     Requests are served FIFO as they arrive, ahead of the background stream.  Vanilla
@@ -160,12 +212,9 @@ class Source:
         on_withdraw: Callable[[np.ndarray], None],
         on_all_sent: Callable[[], None],
     ) -> None:
-        self.env = env
-        self.pages = pages
+        super().__init__(env, pages, scan, locality, preempt is not None)
         self.main = main
         self.preempt = preempt
-        self.scan = scan
-        self.locality = locality
         self.bandwidth = bandwidth
         self.drain_rate = drain_rate  # bytes/s the main channel drains at when busy
         self.background_rate = background_rate
@@ -176,42 +225,20 @@ class Source:
         self._on_all_sent = on_all_sent
         self.sent = np.zeros(pages.count, dtype=bool)
         self.unsent = pages.count
-        self.requests_received = 0
-        self.requests_duplicate = 0
-        self._queue: list[tuple[Fault, float]] = []
-        self._kick: simpy.Event | None = None
         # Channel times (see network.Clock): pacing of the next background byte, the
         # ready times of the current plan, and when its last page is written.
         self._release = start_s
         self._plan_ready = np.empty(0)
         self._plan_end = start_s
-        self.done = False
         env.process(self._run())
 
     # -- requests ------------------------------------------------------------------------
-    def receive(self, f: Fault) -> None:
-        """A REQ_PAGES message arrived on the return path."""
-        f.request_at_source_s = self.env.now
-        self.requests_received += 1
-        if self.done:
-            f.duplicate_request = True
-            self.requests_duplicate += 1
-            return
-        self._queue.append((f, self.env.now))
-        if self._kick is not None and not self._kick.triggered:
-            self._kick.succeed()
-
     def _serve(self, f: Fault, t: float) -> None:
         h = f.host_page
         if self.pages.sent_at[h] <= t + TIE_S:
-            # QEMU skips a queued page that is no longer dirty: it went out already.
-            f.duplicate_request = True
-            self.requests_duplicate += 1
+            self._duplicate(f)
             return
-        jump = self.locality in ("hint", "bubbling") or (
-            self.locality == "continue" and self.preempt is None
-        )
-        if self.preempt is None or jump or self.sent[h]:
+        if self.preempt is None or self.moves_scan or self.sent[h]:
             # The background plan changes (vanilla queues behind it, the scan moves, or the
             # page itself was planned): take back what is not written yet and re-plan.
             self._withdraw(t)
@@ -224,11 +251,7 @@ class Source:
             self.main.send_now(h, t)
             via = VIA_REQUEST_MAIN
         self._mark_sent(np.array([h]), np.array([t]), via)
-        self.pages.requester[h] = f.fault_id
-        if self.locality == "bubbling":
-            self.scan.add_pivot(h)
-        elif jump:
-            self.scan.jump(h + 1)
+        self._served(f)
 
     # -- background stream ---------------------------------------------------------------
     def _mark_sent(self, pages: np.ndarray, at: np.ndarray, via: int) -> None:
