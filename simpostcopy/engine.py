@@ -143,7 +143,6 @@ def simulate(
             start_s=link_free_s,
             on_all_placed=finish,
         )
-        bytes_sent = lambda: source.bytes_sent  # noqa: E731
     else:
 
         def cost(p: np.ndarray) -> np.ndarray:
@@ -181,7 +180,6 @@ def simulate(
             on_withdraw=dest.withdraw,
             on_all_sent=finish,
         )
-        bytes_sent = lambda: main.bytes_sent + (preempt.bytes_sent if preempt else 0)  # noqa: E731
     host_shift = int(g.host_page_bytes // TARGET_PAGE_BYTES).bit_length() - 1
     vcpu_class = RefVCpu if engine == "reference" else VCpu
     vcpus = [
@@ -222,7 +220,7 @@ def simulate(
         accesses=accesses,
         requests_received=source.requests_received,
         requests_duplicate=source.requests_duplicate,
-        bytes_sent=bytes_sent(),
+        bytes_sent=source.bytes_sent,
         timing=timing,
         timeline_window_s=timeline_window_s,
         meta={

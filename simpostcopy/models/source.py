@@ -232,6 +232,11 @@ class Source(RequestQueue):
         self._plan_end = start_s
         env.process(self._run())
 
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes written to the sockets (withdrawn plans excluded)."""
+        return self.main.bytes_sent + (self.preempt.bytes_sent if self.preempt else 0)
+
     # -- requests ------------------------------------------------------------------------
     def _serve(self, f: Fault, t: float) -> None:
         h = f.host_page
