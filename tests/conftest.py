@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from simpostcopy.config import Scenario
+
+# CI runs the same examples every time (a red build must be reproducible); local runs
+# explore new ones.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.load_profile("ci" if os.environ.get("CI") else "default")
 
 KIB = 1024
 MIB = 1024 * KIB
