@@ -9,6 +9,7 @@ the calibration file (JSON with host metadata); ``fault_path_from_calibration`` 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import math
@@ -73,6 +74,10 @@ def summarize(samples: pd.DataFrame) -> pd.DataFrame:
                     "log_mean": float(logs.mean()),
                     "log_std": float(logs.std()),
                     "quantiles_s": np.percentile(x, np.linspace(0, 100, N_QUANTILES)).tolist(),
+                    # faults/s of the run (calibrate() stamps it on every sample row)
+                    "faults_per_s": float(group["faults_per_s"].iloc[0])
+                    if "faults_per_s" in group
+                    else math.nan,
                 }
             )
     return pd.DataFrame(rows)
@@ -138,7 +143,7 @@ class Calibration:
     # -- queries ---------------------------------------------------------------------------
     def select(self, stage: str, **keys: Any) -> pd.Series:
         """The row of ``stage`` for the given keys (QEMU-like defaults for the others)."""
-        want = {**QEMU_LIKE, "page_bytes": 4096, **keys}
+        want = _selection(keys)
         rows = self.rows
         if rows.empty:
             raise CalibrationError(f"calibration '{self.path}' has no rows")
@@ -154,11 +159,12 @@ class Calibration:
             )
         return rows[mask].iloc[0]
 
-    def dist(self, stage: str, kind: str = "empirical", **keys: Any) -> Dist:
-        """The distribution of one stage: empirical quantiles or a lognormal/gamma fit."""
+    def dist(self, stage: str, kind: str = "empirical", shift: float = 0.0, **keys: Any) -> Dist:
+        """The distribution of one stage (less ``shift`` seconds): empirical quantiles or a
+        lognormal/gamma fit."""
         row = self.select(stage, **keys)
-        label = ", ".join(f"{k}={v}" for k, v in {**QEMU_LIKE, "page_bytes": 4096, **keys}.items())
-        return _dist_from_row(row, kind, f"{self.path}: {stage} ({label})")
+        label = ", ".join(f"{k}={v}" for k, v in _selection(keys).items())
+        return _dist_from_row(row, kind, f"{self.path}: {stage} ({label})", shift)
 
     def table(self) -> str:
         """The human summary: min, p50, p90, p99, max per stage and configuration."""
@@ -186,6 +192,11 @@ class Calibration:
 
 class CalibrationError(ValueError):
     """A calibration file is missing, malformed or lacks the configuration asked for."""
+
+
+def _selection(keys: Mapping[str, Any]) -> dict[str, Any]:
+    """A configuration: the given keys, QEMU-like values (4 KiB pages) for the others."""
+    return {**QEMU_LIKE, "page_bytes": 4096, **keys}
 
 
 def json_default(obj: Any) -> Any:
@@ -226,23 +237,17 @@ def fault_path_updates(
             f"calibration '{cal.path}' measured no page size <= {host_page_bytes} bytes"
         )
     page = measured[-1]
-    sel = {**QEMU_LIKE, "page_bytes": page, **keys}
-
-    def dist(stage: str, shift: float = 0.0, **extra: Any) -> Dist:
-        row = cal.select(stage, **{**sel, **extra})
-        label = ", ".join(f"{k}={v}" for k, v in {**sel, **extra}.items())
-        return _dist_from_row(row, kind, f"{cal.path}: {stage} ({label})", shift)
-
+    sel = {"page_bytes": page, **keys}
     per_byte = cal.placement_fit.get(page, {}).get("per_byte_s", 0.0)
     out: dict[str, Any] = {
         "fault_path.calibration": cal.path,
-        "fault_path.delivery_s": dist("delivery"),
-        "fault_path.wake_s": dist("wake"),
+        "fault_path.delivery_s": cal.dist("delivery", kind, **sel),
+        "fault_path.wake_s": cal.dist("wake", kind, **sel),
         "fault_path.place_per_byte_s": per_byte,
-        "fault_path.place_fixed_s": dist("place", per_byte * page),
+        "fault_path.place_fixed_s": cal.dist("place", kind, per_byte * page, **sel),
     }
     if ((cal.rows["stage"] == "request") & cal.rows["network"].astype(bool)).any():
-        out["fault_path.request_s"] = dist("request", network=True)
+        out["fault_path.request_s"] = cal.dist("request", kind, **{**sel, "network": True})
     return out
 
 
@@ -325,13 +330,6 @@ def calibrate(
     plan = plan or Plan()
     notes: list[str] = []
     frames: list[pd.DataFrame] = []
-    server_ctx = None
-    server: tuple[str, int] | None = None
-    if plan.network == "loopback":
-        server_ctx = native.PageServer("127.0.0.1", 0)
-        server = server_ctx.address
-    elif isinstance(plan.network, tuple):
-        server = plan.network
     runs = plan.runs()
     # Runs map (and unmap) their pages one after another: reserve for the largest, or for
     # the placement series (max(batch) + sum(batches) * reps pages), whichever needs more.
@@ -339,35 +337,38 @@ def calibrate(
         [r["samples"] + WARMUP for r in runs if r["page_bytes"] > 4096]
         + [max(HUGE_BATCHES) + sum(HUGE_BATCHES) * PLACE_REPS]
     )
-    try:
-        with _maybe_hugepages(native, plan, huge_pages, notes) as huge_ok:
-            for run in progress(runs) if progress else runs:
-                if run["page_bytes"] > 4096 and not huge_ok:
-                    continue
-                kwargs = dict(run, timeout_s=plan.timeout_s, warmup=WARMUP)
-                if kwargs.get("server") == "network":
-                    kwargs["server"] = server
-                frame = native.run_faults(**kwargs)
-                frame["network"] = kwargs.get("server") is not None
-                frame["faults_per_s_run"] = frame.attrs.get("faults_per_s", math.nan)
-                frames.append(frame)
-            fits = {}
-            for page in plan.page_sizes:
-                if page > 4096 and not huge_ok:
-                    continue
-                batches = SMALL_BATCHES if page == 4096 else HUGE_BATCHES
-                series = native.place_series(page_bytes=page, batches=batches, reps=PLACE_REPS)
-                fixed, per_byte = native.fit_placement(series)
-                fits[page] = {"fixed_s": fixed, "per_byte_s": per_byte}
-    finally:
-        if server_ctx is not None:
-            server_ctx.stop()
-    samples = pd.concat(frames, ignore_index=True)
-    rows = summarize(samples)
-    rates = samples.groupby(list(KEYS))["faults_per_s_run"].first()
-    rows["faults_per_s"] = [
-        rates.get(tuple(r[k] for k in KEYS), math.nan) for _, r in rows.iterrows()
-    ]
+    with contextlib.ExitStack() as stack:
+        server = plan.network if isinstance(plan.network, tuple) else None
+        if plan.network == "loopback":
+            server = stack.enter_context(native.PageServer("127.0.0.1", 0)).address
+        huge_ok = False
+        if any(p > 4096 for p in plan.page_sizes):
+            try:
+                added = stack.enter_context(native.reserve_hugepages(huge_pages))
+                huge_ok = True
+                if added:
+                    notes.append(f"reserved {added} 2 MiB huge pages for the run (restored after)")
+            except native.HugePagesUnavailableError as exc:
+                notes.append(f"2 MiB pages skipped: {exc}")
+        for run in progress(runs) if progress else runs:
+            if run["page_bytes"] > 4096 and not huge_ok:
+                continue
+            kwargs = dict(run, timeout_s=plan.timeout_s, warmup=WARMUP)
+            if kwargs.get("server") == "network":
+                kwargs["server"] = server
+            frame = native.run_faults(**kwargs)
+            frame["network"] = kwargs.get("server") is not None
+            frame["faults_per_s"] = frame.attrs.get("faults_per_s", math.nan)
+            frames.append(frame)
+        fits = {}
+        for page in plan.page_sizes:
+            if page > 4096 and not huge_ok:
+                continue
+            batches = SMALL_BATCHES if page == 4096 else HUGE_BATCHES
+            series = native.place_series(page_bytes=page, batches=batches, reps=PLACE_REPS)
+            fixed, per_byte = native.fit_placement(series)
+            fits[page] = {"fixed_s": fixed, "per_byte_s": per_byte}
+    rows = summarize(pd.concat(frames, ignore_index=True))
     overhead = native.harness_overhead(10000)
     return Calibration(
         rows=rows,
@@ -388,33 +389,6 @@ def calibrate(
         },
         notes=notes,
     )
-
-
-class _maybe_hugepages:
-    """Reserve 2 MiB pages for the plan if it needs them and the host allows; note it."""
-
-    def __init__(self, native: Any, plan: Plan, count: int, notes: list[str]) -> None:
-        self.native, self.needed, self.notes = native, any(p > 4096 for p in plan.page_sizes), notes
-        self.count = count
-        self.ctx: Any = None
-
-    def __enter__(self) -> bool:
-        if not self.needed:
-            return False
-        try:
-            self.ctx = self.native.reserve_hugepages(self.count)
-            added = self.ctx.__enter__()
-        except self.native.HugePagesUnavailableError as exc:
-            self.notes.append(f"2 MiB pages skipped: {exc}")
-            self.ctx = None
-            return False
-        if added:
-            self.notes.append(f"reserved {added} 2 MiB huge pages for the run (restored after)")
-        return True
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.ctx is not None:
-            self.ctx.__exit__(*exc)
 
 
 def parse_sizes(text: str) -> tuple[int, ...]:
