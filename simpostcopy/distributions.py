@@ -85,12 +85,6 @@ class Dist:
             return repr(value)
         return "{ " + ", ".join(f"{k} = {_toml_scalar(v)}" for k, v in value.items()) + " }"
 
-    def describe(self) -> str:
-        """Short human description: kind and median."""
-        if self.kind == "constant":
-            return f"{self.params[0]:.3g} s"
-        return f"{self.kind} (mean {self.mean:.3g} s)"
-
 
 def _toml_scalar(v: Any) -> str:
     if isinstance(v, str):

@@ -208,4 +208,3 @@ class RefVCpu(VCpu):
                 continue
             yield from self._fault(j, target, h)
             j += 1
-        self.finished_s = self.t_seg + (self.limit - 1 - self.j_seg) * self.dt

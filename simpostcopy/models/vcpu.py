@@ -53,7 +53,6 @@ class VCpu:
         self.t_seg = start_s
         self.j_seg = 0
         self.blocked: Fault | None = None
-        self.finished_s = np.inf
         env.process(self._run(start_s))
 
     def accesses_done(self, t: float) -> int:
@@ -118,4 +117,3 @@ class VCpu:
                 continue
             yield from self._fault(hit, target, h)
             j = hit + 1
-        self.finished_s = self.t_seg + (self.limit - 1 - self.j_seg) * self.dt
