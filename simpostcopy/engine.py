@@ -115,7 +115,7 @@ def simulate(
     )
 
     def finish() -> None:
-        end = float(pages.placed_at.max())
+        end = dest.last_placement()
         env.timeout(end - env.now).callbacks.append(lambda _e: done.succeed(end))
 
     n_pages = pages.count
@@ -144,14 +144,8 @@ def simulate(
             on_all_placed=finish,
         )
     else:
-
-        def cost(p: np.ndarray) -> np.ndarray:
-            return pages.place_cost_s[p]
-
-        def wire(p: np.ndarray) -> np.ndarray:
-            return pages.wire_bytes[p]
-
-        main = Channel(bw, net.latency_s, cost, wire, dest.update, free=link_free_s)
+        main = Channel(bw, net.latency_s, pages, dest.changed, free=link_free_s)
+        dest.in_flight = main
         preempt = (
             UrgentChannel(
                 bw,
@@ -177,7 +171,6 @@ def simulate(
             inflight_bytes=net.inflight_bytes,
             chunk_pages=max(1, CHUNK_BYTES // g.host_page_bytes),
             start_s=link_free_s,
-            on_withdraw=dest.withdraw,
             on_all_sent=finish,
         )
     host_shift = int(g.host_page_bytes // TARGET_PAGE_BYTES).bit_length() - 1
@@ -205,6 +198,8 @@ def simulate(
     open_faults = [f for f in faults if _in_flight(f)]
     while any(_in_flight(f) for f in open_faults):
         env.step()
+    if engine == "fast":
+        main.settle_all()
 
     timing = Timing(
         setup_s=mig.setup_s,

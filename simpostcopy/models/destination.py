@@ -12,6 +12,7 @@ import simpy
 
 from simpostcopy.distributions import Draws
 from simpostcopy.models.ledger import TIE_S, Fault, Pages
+from simpostcopy.models.network import Channel
 
 
 class Destination:
@@ -38,7 +39,9 @@ class Destination:
         self.latency_s = latency_s
         self._send_request = send_request
         self.requested = np.zeros(pages.count, dtype=bool)
-        self._has_waiters = np.zeros(pages.count, dtype=bool)
+        # The main channel, whose in-flight placements are not in the ledger yet (fast
+        # engine only; set once the channel exists).
+        self.in_flight: Channel | None = None
         self._waiters: dict[int, list[simpy.Event]] = {}
         self._check_at: dict[int, float] = {}
         self._inbox: list[tuple[float, int, int, Fault]] = []  # readable uffd messages
@@ -46,27 +49,39 @@ class Destination:
         env.process(self._fault_thread())
 
     # -- placement schedule (driven by the channels) -----------------------------------
-    def update(self, pages: np.ndarray, arrived: np.ndarray, placed: np.ndarray) -> None:
-        """Channels report new or moved arrival and placement times for ``pages``."""
-        self.pages.arrived_at[pages] = arrived
-        self.pages.placed_at[pages] = placed
-        for h in pages[self._has_waiters[pages]].tolist():
+    def sync(self) -> None:
+        """Bring the ledger up to now: pages placed by now are marked placed."""
+        if self.in_flight is not None:
+            self.in_flight.settle(self.env.now)
+
+    def placement(self, h: int) -> float:
+        """When host page ``h`` is or will be placed, as far as is known now (inf: unknown)."""
+        t = float(self.pages.placed_at[h])
+        if t == np.inf and self.in_flight is not None:
+            return self.in_flight.placement(h)
+        return t
+
+    def last_placement(self) -> float:
+        """When the last page sent so far is placed."""
+        last = float(self.pages.placed_at[np.isfinite(self.pages.placed_at)].max(initial=0.0))
+        if self.in_flight is not None and self.in_flight.page.size:
+            last = max(last, float(self.in_flight.place_end[-1]))
+        return last
+
+    def changed(self) -> None:
+        """In-flight placement times changed: re-arm the wake-ups of pages with waiters."""
+        for h in self._waiters:
             self._schedule_wake(h)
 
     def update_one(self, h: int, arrived: float, placed: float) -> None:
-        """``update`` for a single page (the preempt channel, the reference engine)."""
+        """A page's final arrival and placement (the preempt channel, the reference engine)."""
         self.pages.arrived_at[h] = arrived
         self.pages.placed_at[h] = placed
-        if self._has_waiters[h]:
+        if h in self._waiters:
             self._schedule_wake(h)
 
-    def withdraw(self, pages: np.ndarray) -> None:
-        """The source took back pages it had planned but not sent."""
-        self.pages.arrived_at[pages] = np.inf
-        self.pages.placed_at[pages] = np.inf
-
     def _schedule_wake(self, h: int) -> None:
-        t = float(self.pages.placed_at[h])
+        t = self.placement(h)
         if t == np.inf or self._check_at.get(h) == t:
             return
         self._check_at[h] = t
@@ -74,10 +89,9 @@ class Destination:
 
     def _wake(self, h: int, t: float, _event: simpy.Event) -> None:
         # The placement time may have moved since this check was scheduled.
-        if self.pages.placed_at[h] != t:
+        if self.placement(h) != t:
             return
         self._check_at.pop(h, None)
-        self._has_waiters[h] = False
         for waiter in self._waiters.pop(h, ()):
             waiter.succeed(t)
 
@@ -88,7 +102,6 @@ class Destination:
         h = f.host_page
         waiter = self.env.event()
         self._waiters.setdefault(h, []).append(waiter)
-        self._has_waiters[h] = True
         self._schedule_wake(h)
         self.env.timeout(delivery_s).callbacks.append(lambda _e: self._deliver(f))
         return waiter
@@ -112,6 +125,7 @@ class Destination:
             f: Fault = heapq.heappop(self._inbox)[-1]
             f.read_s = env.now
             h = f.host_page
+            self.sync()
             if placed_at[h] <= env.now + TIE_S or self.requested[h]:
                 continue  # already here, or someone asked for it: just wait
             self.requested[h] = True

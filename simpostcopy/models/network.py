@@ -18,6 +18,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from simpostcopy.models.ledger import TIE_S, Pages
+
 _EMPTY_F = np.empty(0, dtype=np.float64)
 _EMPTY_I = np.empty(0, dtype=np.int64)
 
@@ -99,28 +101,32 @@ class Channel:
 
     Per item, in the channel's clock: ``enq`` (written to the socket by the source),
     ``end`` (last byte sent), ``after`` (when the socket can start the next item); in
-    real time: ``place_end`` (placement done).  A socket cannot drain faster than its
-    receiving thread places pages (TCP flow control), so an item holds it for the longer
-    of its wire time and its placement cost, while its own bytes still travel at wire
-    speed.  Only items whose times may still change are kept; ``compact`` drops the
-    rest.  ``on_update(pages, arrived, placed)`` reports new or moved real times.
+    real time: ``arrived`` and ``place_end`` (placement done).  A socket cannot drain
+    faster than its receiving thread places pages (TCP flow control), so an item holds
+    it for the longer of its wire time and its placement cost, while its own bytes still
+    travel at wire speed.  Only items whose times may still change are kept; ``compact``
+    drops the rest.
+
+    The times of items still in flight live here, not in the page ledger: a pause moves
+    thousands of them, and nothing but the results needs them before they are placed.
+    ``settle(now)`` writes the items placed by ``now`` into the ledger (what a presence
+    check reads); ``placement(h)`` and ``sent_time(h)`` look up a page still here, and
+    ``on_change()`` tells the destination that in-flight placements moved.
     """
 
     def __init__(
         self,
         bandwidth: float,
         latency: float,
-        place_cost: Callable[[np.ndarray], np.ndarray],
-        wire_bytes: Callable[[np.ndarray], np.ndarray],
-        on_update: Callable[[np.ndarray, np.ndarray, np.ndarray], None],
+        pages: Pages,
+        on_change: Callable[[], None],
         free: float,
     ) -> None:
         self.bandwidth = bandwidth
         self.latency = latency
         self.clock = Clock()
-        self._place_cost = place_cost
-        self._wire_bytes = wire_bytes
-        self._on_update = on_update
+        self.pages = pages
+        self._on_change = on_change
         self.free = free  # channel time when the socket can take the next item
         self.bytes_sent = 0  # bytes written to this socket (withdrawn plans excluded)
         self._free_before_plan = free
@@ -129,52 +135,102 @@ class Channel:
         self.enq = _EMPTY_F
         self.end = _EMPTY_F
         self.after = _EMPTY_F
+        self.arrived = _EMPTY_F
         self.place_end = _EMPTY_F
+        self._base = 0  # item number of the first item kept
+        self._settled = 0  # items [0, _settled) are written to the ledger
+        self._item = np.full(pages.count, -1, dtype=np.int64)  # a page's latest item number
 
     def _slice(self, lo: int, hi: int | None) -> None:
         self.page = self.page[lo:hi]
         self.enq = self.enq[lo:hi]
         self.end = self.end[lo:hi]
         self.after = self.after[lo:hi]
+        self.arrived = self.arrived[lo:hi]
         self.place_end = self.place_end[lo:hi]
+
+    def _index(self, h: int) -> int:
+        """Position of host page ``h`` among the items kept, or -1."""
+        i = int(self._item[h]) - self._base
+        return i if 0 <= i < self.page.size and self.page[i] == h else -1
+
+    def placement(self, h: int) -> float:
+        """When host page ``h``, in flight here, will be placed (inf: not here)."""
+        i = self._index(h)
+        return float(self.place_end[i]) if i >= 0 else np.inf
+
+    def sent_time(self, h: int) -> float:
+        """Real time at which host page ``h``, kept here, is written (inf: not here)."""
+        i = self._index(h)
+        return float(self.clock.real(float(self.enq[i]))) if i >= 0 else np.inf
+
+    def settle(self, now: float) -> None:
+        """Write the items placed by ``now`` (within TIE_S) into the page ledger."""
+        lo = self._settled
+        if lo == self.page.size or self.place_end[lo] > now + TIE_S:
+            return
+        hi = int(np.searchsorted(self.place_end, now + TIE_S, side="right"))
+        self._write(lo, hi)
+        self._settled = hi
+
+    def settle_all(self) -> None:
+        """Write every item still kept into the ledger (the run is over)."""
+        self._write(self._settled, self.page.size)
+        self._settled = self.page.size
+
+    def _write(self, lo: int, hi: int) -> None:
+        pages = self.page[lo:hi]
+        self.pages.placed_at[pages] = self.place_end[lo:hi]
+        self.pages.arrived_at[pages] = self.arrived[lo:hi]
+        self.pages.sent_at[pages] = self.clock.real(self.enq[lo:hi])
+
+    def _unsettle(self, k: int) -> None:
+        """Items from ``k`` on moved: take back those already written to the ledger."""
+        if k < self._settled:
+            pages = self.page[k : self._settled]
+            self.pages.placed_at[pages] = np.inf
+            self.pages.arrived_at[pages] = np.inf
+            self._settled = k
 
     def compact(self, now: float) -> None:
         """Forget items already placed by ``now`` (their times can no longer move)."""
         k = int(np.searchsorted(self.place_end, now, side="right"))
         if k:
+            self.settle(now)
             self._recv_free = float(self.place_end[k - 1])
             self._slice(k, None)
+            self._base += k
+            self._settled -= k
         oldest = self.clock.tau(now)
         self.clock.prune(min(oldest, float(self.enq[0])) if self.enq.size else oldest)
 
+    def _hold(self, pages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        wire_time = self.pages.wire_bytes[pages] / self.bandwidth
+        return wire_time, np.maximum(wire_time, self.pages.place_cost_s[pages])
+
     def schedule(self, pages: np.ndarray, ready: np.ndarray, free: float) -> np.ndarray:
         """Channel times at which ``pages``, written no earlier than ``ready``, start."""
-        wire_time = self._wire_bytes(pages) / self.bandwidth
-        hold = np.maximum(wire_time, self._place_cost(pages))
+        _, hold = self._hold(pages)
         return fifo_finish(ready, hold, free) - hold
-
-    def _placements(self, k: int) -> None:
-        """(Re)compute real arrival and placement of items ``k:`` and report them."""
-        recv_free = float(self.place_end[k - 1]) if k else self._recv_free
-        pages = self.page[k:]
-        arrived = self.clock.real(self.end[k:]) + self.latency
-        placed = fifo_finish(arrived, self._place_cost(pages), recv_free)
-        self.place_end = np.concatenate((self.place_end[:k], placed))
-        self._on_update(pages, arrived, placed)
 
     def append(self, pages: np.ndarray, enq: np.ndarray, start: np.ndarray) -> None:
         """Add items that start on the socket at channel times ``start``."""
-        wire_time = self._wire_bytes(pages) / self.bandwidth
+        wire_time, hold = self._hold(pages)
         k = self.page.size
+        end = start + wire_time
+        arrived = self.clock.real(end) + self.latency
+        recv_free = float(self.place_end[-1]) if k else self._recv_free
+        placed = fifo_finish(arrived, self.pages.place_cost_s[pages], recv_free)
+        self._item[pages] = self._base + k + np.arange(pages.size)
         self.page = np.concatenate((self.page, pages))
         self.enq = np.concatenate((self.enq, enq))
-        self.end = np.concatenate((self.end, start + wire_time))
-        self.after = np.concatenate(
-            (self.after, start + np.maximum(wire_time, self._place_cost(pages)))
-        )
+        self.end = np.concatenate((self.end, end))
+        self.after = np.concatenate((self.after, start + hold))
+        self.arrived = np.concatenate((self.arrived, arrived))
+        self.place_end = np.concatenate((self.place_end, placed))
         self.free = max(self.free, float(self.after[-1]))
-        self.bytes_sent += int(self._wire_bytes(pages).sum())
-        self._placements(k)
+        self.bytes_sent += int(self.pages.wire_bytes[pages].sum())
+        self._on_change()
 
     def send_now(self, page: int, t: float) -> float:
         """Write one host page at real time ``t`` behind everything already buffered;
@@ -193,22 +249,38 @@ class Channel:
         k = int(np.searchsorted(self.clock.real(self.enq), t, side="right"))
         withdrawn = self.page[k:]
         if withdrawn.size:
+            self._unsettle(k)
             self._slice(0, k)
             self.free = float(self.after[-1]) if k else self._free_before_plan
-            self.bytes_sent -= int(self._wire_bytes(withdrawn).sum())
+            self.bytes_sent -= int(self.pages.wire_bytes[withdrawn].sum())
         return withdrawn
 
-    def pause(self, s: float, d: float) -> tuple[np.ndarray, np.ndarray]:
+    def pause(self, s: float, d: float) -> None:
         """Pause for ``d`` from real time ``s`` (an urgent page on the preempt channel).
 
-        Returns the pages whose (future) write moved, with their new real write times.
+        Every item whose last byte had not left by the pause's start arrives ``d`` later.
+        Placement is a FIFO queue, ``P[i] = max(A[i], P[i-1]) + c[i]``: once an item
+        found the receiving thread idle, it and everything behind it are placed exactly
+        ``d`` later; only a backlog at the front can absorb part of the delay.
         """
         sigma = self.clock.pause(s, d)
         k = int(np.searchsorted(self.end, sigma, side="left"))
-        if k < self.end.size:
-            self._placements(k)
-        k = int(np.searchsorted(self.enq, sigma, side="left"))
-        return self.page[k:], self.clock.real(self.enq[k:])
+        n = self.page.size
+        if k == n:
+            return
+        self._unsettle(k)
+        arrived, placed, cost = self.arrived, self.place_end, self.pages.place_cost_s
+        old_prev = new_prev = float(placed[k - 1]) if k else self._recv_free
+        i = k
+        while i < n and arrived[i] < old_prev:  # the receiver was busy when item i arrived
+            a = float(arrived[i]) + d
+            old_prev = float(placed[i])
+            new_prev = max(a, new_prev) + float(cost[self.page[i]])
+            arrived[i], placed[i] = a, new_prev
+            i += 1
+        arrived[i:] += d
+        placed[i:] += d
+        self._on_change()
 
 
 class UrgentChannel:

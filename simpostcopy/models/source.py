@@ -209,7 +209,6 @@ class Source(RequestQueue):
         inflight_bytes: int,
         chunk_pages: int,
         start_s: float,
-        on_withdraw: Callable[[np.ndarray], None],
         on_all_sent: Callable[[], None],
     ) -> None:
         super().__init__(env, pages, scan, locality, preempt is not None)
@@ -221,7 +220,6 @@ class Source(RequestQueue):
         self.inflight_bytes = inflight_bytes
         self.chunk_pages = chunk_pages
         self.start_s = start_s
-        self._on_withdraw = on_withdraw
         self._on_all_sent = on_all_sent
         self.sent = np.zeros(pages.count, dtype=bool)
         self.unsent = pages.count
@@ -238,9 +236,18 @@ class Source(RequestQueue):
         return self.main.bytes_sent + (self.preempt.bytes_sent if self.preempt else 0)
 
     # -- requests ------------------------------------------------------------------------
+    def _written_by(self, h: int, t: float) -> bool:
+        """Whether host page ``h`` was written to a socket by real time ``t``."""
+        at = float(self.pages.sent_at[h])
+        if at > t + TIE_S:
+            return False  # a pause only ever moves a planned write later
+        # The ledger's time of a page still in the main channel may predate pauses.
+        kept = self.main.sent_time(h)
+        return (at if kept == np.inf else kept) <= t + TIE_S
+
     def _serve(self, f: Fault, t: float) -> None:
         h = f.host_page
-        if self.pages.sent_at[h] <= t + TIE_S:
+        if self._written_by(h, t):
             self._duplicate(f)
             return
         if self.preempt is None or self.moves_scan or self.sent[h]:
@@ -249,8 +256,7 @@ class Source(RequestQueue):
             self._withdraw(t)
         if self.preempt is not None:
             start = self.preempt.send_now(h, t)
-            moved, at = self.main.pause(start, self.pages.wire_bytes[h] / self.bandwidth)
-            self.pages.sent_at[moved] = at
+            self.main.pause(start, self.pages.wire_bytes[h] / self.bandwidth)
             via = VIA_REQUEST_PREEMPT
         else:
             self.main.send_now(h, t)
@@ -275,7 +281,6 @@ class Source(RequestQueue):
             self.pages.sent_at[pages] = np.inf
             self.pages.via[pages] = VIA_NONE
             self.unsent += pages.size
-            self._on_withdraw(pages)
         self._plan_end = self.main.clock.tau(t)
 
     def _plan(self, t: float) -> None:

@@ -89,6 +89,7 @@ class VCpu:
         j = 0
         while j < self.limit:
             # Find the first access, from j on, to a page not placed yet.
+            self.dest.sync()
             scanned, n, hit = 0, 64, -1
             while scanned < BLOCK and j < self.limit:
                 m = int(min(n, self.limit - j))
@@ -110,6 +111,7 @@ class VCpu:
             t_access = self.t_seg + (hit - self.j_seg) * self.dt
             if t_access > env.now:
                 yield env.timeout(t_access - env.now)
+                self.dest.sync()
             target = int(self.stream.pages(hit, 1)[0])
             h = target >> shift
             if placed_at[h] <= env.now + TIE_S:
