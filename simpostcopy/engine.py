@@ -144,7 +144,7 @@ def simulate(
             on_all_placed=finish,
         )
     else:
-        main = Channel(bw, net.latency_s, pages, dest.changed, free=link_free_s)
+        main = Channel(bw, net.latency_s, pages, dest.appended, free=link_free_s)
         dest.in_flight = main
         preempt = (
             UrgentChannel(

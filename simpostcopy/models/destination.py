@@ -55,7 +55,11 @@ class Destination:
             self.in_flight.settle(self.env.now)
 
     def placement(self, h: int) -> float:
-        """When host page ``h`` is or will be placed, as far as is known now (inf: unknown)."""
+        """When host page ``h`` is or will be placed, as far as is known now (inf: unknown).
+
+        Main-channel placements still in flight can only be delayed (by pauses) or
+        withdrawn; a wake-up is checked when it is due and re-armed if it moved.
+        """
         t = float(self.pages.placed_at[h])
         if t == np.inf and self.in_flight is not None:
             return self.in_flight.placement(h)
@@ -63,13 +67,14 @@ class Destination:
 
     def last_placement(self) -> float:
         """When the last page sent so far is placed."""
-        last = float(self.pages.placed_at[np.isfinite(self.pages.placed_at)].max(initial=0.0))
-        if self.in_flight is not None and self.in_flight.page.size:
-            last = max(last, float(self.in_flight.place_end[-1]))
+        placed = self.pages.placed_at
+        last = float(placed[np.isfinite(placed)].max(initial=0.0))
+        if self.in_flight is not None:
+            last = max(last, self.in_flight.last_placement())
         return last
 
-    def changed(self) -> None:
-        """In-flight placement times changed: re-arm the wake-ups of pages with waiters."""
+    def appended(self) -> None:
+        """The main channel took new pages: a page someone waits for may be among them."""
         for h in self._waiters:
             self._schedule_wake(h)
 
@@ -88,10 +93,13 @@ class Destination:
         self.env.timeout(t - self.env.now).callbacks.append(partial(self._wake, h, t))
 
     def _wake(self, h: int, t: float, _event: simpy.Event) -> None:
-        # The placement time may have moved since this check was scheduled.
+        if self._check_at.get(h) != t:
+            return  # a later check replaced this one
+        del self._check_at[h]
         if self.placement(h) != t:
+            # Delayed since (a pause) or withdrawn: check again when it is due.
+            self._schedule_wake(h)
             return
-        self._check_at.pop(h, None)
         for waiter in self._waiters.pop(h, ()):
             waiter.succeed(t)
 

@@ -101,17 +101,19 @@ class Channel:
 
     Per item, in the channel's clock: ``enq`` (written to the socket by the source),
     ``end`` (last byte sent), ``after`` (when the socket can start the next item); in
-    real time: ``arrived`` and ``place_end`` (placement done).  A socket cannot drain
-    faster than its receiving thread places pages (TCP flow control), so an item holds
-    it for the longer of its wire time and its placement cost, while its own bytes still
-    travel at wire speed.  Only items whose times may still change are kept; ``compact``
-    drops the rest.
+    real time: ``place_end`` (placement done).  A socket cannot drain faster than its
+    receiving thread places pages (TCP flow control), so an item holds it for the longer
+    of its wire time and its placement cost, while its own bytes still travel at wire
+    speed.  An item arrives one latency after its last byte leaves (``real(end)``) and
+    the receiving thread places items FIFO: ``P[i] = max(A[i], P[i-1]) + cost[i]``.
 
-    The times of items still in flight live here, not in the page ledger: a pause moves
-    thousands of them, and nothing but the results needs them before they are placed.
-    ``settle(now)`` writes the items placed by ``now`` into the ledger (what a presence
-    check reads); ``placement(h)`` and ``sent_time(h)`` look up a page still here, and
-    ``on_change()`` tells the destination that in-flight placements moved.
+    Placements are computed lazily.  A pause (an urgent page on the preempt channel)
+    can only delay items, so it just marks the placements from the first item it
+    delays as stale: a stale value is a lower bound of the true one.  Exact values are
+    computed, vectorised, only as far as someone needs them: ``settle(now)`` writes the
+    items placed by ``now`` into the page ledger (what presence checks read) and
+    ``placement(h)`` answers for one page.  So the cost of a pause does not grow with
+    the data in flight.  Items placed by the time of a ``compact`` are dropped.
     """
 
     def __init__(
@@ -119,14 +121,14 @@ class Channel:
         bandwidth: float,
         latency: float,
         pages: Pages,
-        on_change: Callable[[], None],
+        on_append: Callable[[], None],
         free: float,
     ) -> None:
         self.bandwidth = bandwidth
         self.latency = latency
         self.clock = Clock()
         self.pages = pages
-        self._on_change = on_change
+        self._on_append = on_append
         self.free = free  # channel time when the socket can take the next item
         self.bytes_sent = 0  # bytes written to this socket (withdrawn plans excluded)
         self._free_before_plan = free
@@ -135,10 +137,10 @@ class Channel:
         self.enq = _EMPTY_F
         self.end = _EMPTY_F
         self.after = _EMPTY_F
-        self.arrived = _EMPTY_F
-        self.place_end = _EMPTY_F
+        self.place_end = _EMPTY_F  # exact below _valid, a lower bound from there on
+        self._valid = 0
+        self._settled = 0  # items [0, _settled) are placed in the ledger
         self._base = 0  # item number of the first item kept
-        self._settled = 0  # items [0, _settled) are written to the ledger
         self._item = np.full(pages.count, -1, dtype=np.int64)  # a page's latest item number
 
     def _slice(self, lo: int, hi: int | None) -> None:
@@ -146,8 +148,19 @@ class Channel:
         self.enq = self.enq[lo:hi]
         self.end = self.end[lo:hi]
         self.after = self.after[lo:hi]
-        self.arrived = self.arrived[lo:hi]
         self.place_end = self.place_end[lo:hi]
+
+    # -- placement times -------------------------------------------------------------------
+    def _refresh(self, hi: int) -> None:
+        """Make the placements of items ``[0, hi)`` exact."""
+        lo = self._valid
+        if hi <= lo:
+            return
+        arrived = self.clock.real(self.end[lo:hi]) + self.latency
+        prev = float(self.place_end[lo - 1]) if lo else self._recv_free
+        cost = self.pages.place_cost_s[self.page[lo:hi]]
+        self.place_end[lo:hi] = fifo_finish(arrived, cost, prev)
+        self._valid = hi
 
     def _index(self, h: int) -> int:
         """Position of host page ``h`` among the items kept, or -1."""
@@ -157,7 +170,15 @@ class Channel:
     def placement(self, h: int) -> float:
         """When host page ``h``, in flight here, will be placed (inf: not here)."""
         i = self._index(h)
-        return float(self.place_end[i]) if i >= 0 else np.inf
+        if i < 0:
+            return np.inf
+        self._refresh(i + 1)
+        return float(self.place_end[i])
+
+    def last_placement(self) -> float:
+        """When the last item kept will be placed (-inf: none)."""
+        self._refresh(self.page.size)
+        return float(self.place_end[-1]) if self.page.size else -np.inf
 
     def sent_time(self, h: int) -> float:
         """Real time at which host page ``h``, kept here, is written (inf: not here)."""
@@ -165,45 +186,56 @@ class Channel:
         return float(self.clock.real(float(self.enq[i]))) if i >= 0 else np.inf
 
     def settle(self, now: float) -> None:
-        """Write the items placed by ``now`` (within TIE_S) into the page ledger."""
-        lo = self._settled
-        if lo == self.page.size or self.place_end[lo] > now + TIE_S:
+        """Mark the items placed by ``now`` (within TIE_S) placed in the page ledger."""
+        lo, n, due = self._settled, self.page.size, now + TIE_S
+        if lo == n or self.place_end[lo] > due:  # even a lower bound is later: not yet
             return
-        hi = int(np.searchsorted(self.place_end, now + TIE_S, side="right"))
-        self._write(lo, hi)
+        hi, width = lo, 512
+        while hi < n:  # exact placements until one is later than now
+            hi = min(n, max(hi, self._valid) + width)
+            self._refresh(hi)
+            if self.place_end[hi - 1] > due:
+                break
+            width *= 4
+        hi = lo + int(np.searchsorted(self.place_end[lo:hi], due, side="right"))
+        self.pages.placed_at[self.page[lo:hi]] = self.place_end[lo:hi]
         self._settled = hi
+
+    def _record(self, lo: int, hi: int) -> None:
+        """Write items ``[lo, hi)``, whose times are final, into the ledger."""
+        self._refresh(hi)
+        pages = self.page[lo:hi]
+        self.pages.placed_at[pages] = self.place_end[lo:hi]
+        self.pages.arrived_at[pages] = self.clock.real(self.end[lo:hi]) + self.latency
+        self.pages.sent_at[pages] = self.clock.real(self.enq[lo:hi])
 
     def settle_all(self) -> None:
         """Write every item still kept into the ledger (the run is over)."""
-        self._write(self._settled, self.page.size)
+        self._record(0, self.page.size)
         self._settled = self.page.size
 
-    def _write(self, lo: int, hi: int) -> None:
-        pages = self.page[lo:hi]
-        self.pages.placed_at[pages] = self.place_end[lo:hi]
-        self.pages.arrived_at[pages] = self.arrived[lo:hi]
-        self.pages.sent_at[pages] = self.clock.real(self.enq[lo:hi])
-
-    def _unsettle(self, k: int) -> None:
-        """Items from ``k`` on moved: take back those already written to the ledger."""
-        if k < self._settled:
-            pages = self.page[k : self._settled]
-            self.pages.placed_at[pages] = np.inf
-            self.pages.arrived_at[pages] = np.inf
+    def _invalidate(self, k: int) -> None:
+        """The placements of items from ``k`` on may have moved."""
+        self._valid = min(self._valid, k)
+        if k < self._settled:  # within TIE_S of a change: take the placements back
+            self.pages.placed_at[self.page[k : self._settled]] = np.inf
             self._settled = k
 
     def compact(self, now: float) -> None:
         """Forget items already placed by ``now`` (their times can no longer move)."""
-        k = int(np.searchsorted(self.place_end, now, side="right"))
+        self.settle(now)
+        k = int(np.searchsorted(self.place_end[: self._settled], now, side="right"))
         if k:
-            self.settle(now)
+            self._record(0, k)
             self._recv_free = float(self.place_end[k - 1])
             self._slice(k, None)
             self._base += k
             self._settled -= k
+            self._valid -= k
         oldest = self.clock.tau(now)
         self.clock.prune(min(oldest, float(self.enq[0])) if self.enq.size else oldest)
 
+    # -- the socket --------------------------------------------------------------------------
     def _hold(self, pages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         wire_time = self.pages.wire_bytes[pages] / self.bandwidth
         return wire_time, np.maximum(wire_time, self.pages.place_cost_s[pages])
@@ -217,20 +249,21 @@ class Channel:
         """Add items that start on the socket at channel times ``start``."""
         wire_time, hold = self._hold(pages)
         k = self.page.size
-        end = start + wire_time
-        arrived = self.clock.real(end) + self.latency
-        recv_free = float(self.place_end[-1]) if k else self._recv_free
-        placed = fifo_finish(arrived, self.pages.place_cost_s[pages], recv_free)
         self._item[pages] = self._base + k + np.arange(pages.size)
         self.page = np.concatenate((self.page, pages))
         self.enq = np.concatenate((self.enq, enq))
-        self.end = np.concatenate((self.end, end))
+        self.end = np.concatenate((self.end, start + wire_time))
         self.after = np.concatenate((self.after, start + hold))
-        self.arrived = np.concatenate((self.arrived, arrived))
+        # Exact if every placement before them is, else lower bounds (FIFO is monotone).
+        arrived = self.clock.real(start + wire_time) + self.latency
+        prev = float(self.place_end[-1]) if k else self._recv_free
+        placed = fifo_finish(arrived, self.pages.place_cost_s[pages], prev)
         self.place_end = np.concatenate((self.place_end, placed))
+        if self._valid == k:
+            self._valid = self.page.size
         self.free = max(self.free, float(self.after[-1]))
         self.bytes_sent += int(self.pages.wire_bytes[pages].sum())
-        self._on_change()
+        self._on_append()
 
     def send_now(self, page: int, t: float) -> float:
         """Write one host page at real time ``t`` behind everything already buffered;
@@ -249,38 +282,17 @@ class Channel:
         k = int(np.searchsorted(self.clock.real(self.enq), t, side="right"))
         withdrawn = self.page[k:]
         if withdrawn.size:
-            self._unsettle(k)
+            self._invalidate(k)
             self._slice(0, k)
             self.free = float(self.after[-1]) if k else self._free_before_plan
             self.bytes_sent -= int(self.pages.wire_bytes[withdrawn].sum())
         return withdrawn
 
     def pause(self, s: float, d: float) -> None:
-        """Pause for ``d`` from real time ``s`` (an urgent page on the preempt channel).
-
-        Every item whose last byte had not left by the pause's start arrives ``d`` later.
-        Placement is a FIFO queue, ``P[i] = max(A[i], P[i-1]) + c[i]``: once an item
-        found the receiving thread idle, it and everything behind it are placed exactly
-        ``d`` later; only a backlog at the front can absorb part of the delay.
-        """
+        """Pause for ``d`` from real time ``s`` (an urgent page on the preempt channel):
+        every item whose last byte had not left by then arrives ``d`` later."""
         sigma = self.clock.pause(s, d)
-        k = int(np.searchsorted(self.end, sigma, side="left"))
-        n = self.page.size
-        if k == n:
-            return
-        self._unsettle(k)
-        arrived, placed, cost = self.arrived, self.place_end, self.pages.place_cost_s
-        old_prev = new_prev = float(placed[k - 1]) if k else self._recv_free
-        i = k
-        while i < n and arrived[i] < old_prev:  # the receiver was busy when item i arrived
-            a = float(arrived[i]) + d
-            old_prev = float(placed[i])
-            new_prev = max(a, new_prev) + float(cost[self.page[i]])
-            arrived[i], placed[i] = a, new_prev
-            i += 1
-        arrived[i:] += d
-        placed[i:] += d
-        self._on_change()
+        self._invalidate(int(np.searchsorted(self.end, sigma, side="left")))
 
 
 class UrgentChannel:

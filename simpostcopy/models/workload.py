@@ -14,13 +14,38 @@ BLOCK = 65536  # accesses generated per draw; part of the stream's definition
 
 
 @lru_cache(maxsize=8)
-def _zipf_cdf(n: int, exponent: float) -> np.ndarray:
-    """Cumulative distribution of a bounded Zipf law over ranks 1..n."""
+def _zipf_table(n: int, exponent: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """Cumulative distribution of a bounded Zipf law over ranks 1..n, with a guide table.
+
+    ``guide[b]`` counts the CDF entries <= b / buckets, so a draw ``u`` in bucket
+    ``floor(u * buckets)`` has its rank between ``guide[b]`` and ``guide[b + 1]``: a
+    short search instead of a search over the whole CDF (tens of MiB for big guests).
+    """
     weights = np.arange(1, n + 1, dtype=np.float64) ** -exponent
     cdf = np.cumsum(weights)
     cdf /= cdf[-1]
     cdf.flags.writeable = False
-    return cdf
+    buckets = 1 << max(10, (n - 1).bit_length())  # a power of two: u * buckets is exact
+    edges = np.arange(buckets + 1, dtype=np.float64) / buckets
+    guide = np.searchsorted(cdf, edges, side="right").astype(np.int64)
+    guide.flags.writeable = False
+    return cdf, guide, buckets
+
+
+def zipf_ranks(u: np.ndarray, n: int, exponent: float) -> np.ndarray:
+    """``searchsorted(cdf, u, side="right")`` for draws ``u`` in [0, 1), via the guide."""
+    cdf, guide, buckets = _zipf_table(n, exponent)
+    b = (u * buckets).astype(np.int64)
+    lo, hi = guide[b], guide[b + 1]
+    # Binary search for the first index in [lo, hi] whose CDF entry exceeds u.
+    while True:
+        open_ = lo < hi
+        if not open_.any():
+            return lo
+        mid = (lo + hi) >> 1
+        above = cdf[np.minimum(mid, n - 1)] > u
+        hi = np.where(open_ & above, mid, hi)
+        lo = np.where(open_ & ~above, mid + 1, lo)
 
 
 class AccessStream:
@@ -72,8 +97,7 @@ class AccessStream:
             else:
                 rel = np.where(hot, u * self._hot, self._hot + u * cold).astype(np.int64)
         elif self.pattern == "zipf":
-            cdf = _zipf_cdf(w, self._zipf_exponent)
-            rel = np.minimum(np.searchsorted(cdf, rng.random(BLOCK), side="right"), w - 1)
+            rel = np.minimum(zipf_ranks(rng.random(BLOCK), w, self._zipf_exponent), w - 1)
         elif self.pattern == "sequential":
             i = np.arange(b * BLOCK, (b + 1) * BLOCK, dtype=np.int64)
             rel = (self._seq_start + i * self._stride) % w
