@@ -94,6 +94,10 @@ def test_invariants(s: Scenario) -> None:
 @settings(max_examples=25, deadline=None)
 @given(scenarios(), st.sampled_from([2.0, 4.0, 10.0]))
 def test_more_bandwidth_never_increases_total_time(s: Scenario, factor: float) -> None:
+    # Only without max-postcopy-bandwidth: requests bypass that cap, so on a faster link
+    # fewer faults can leave more pages to the capped background stream and finish a
+    # little later (seen: 2.51872 ms -> 2.51888 ms with 45 -> 40 faults; both engines).
+    s = s.override({"migration.max_postcopy_bandwidth_bytes_per_s": 0})
     slow = simulate(s).summary["total_time_s"]
     bw = s.network.bandwidth_bytes_per_s * factor
     fast = simulate(s.override({"network.bandwidth_bytes_per_s": bw})).summary["total_time_s"]

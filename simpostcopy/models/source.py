@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
-from typing import Any
+from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 import simpy
@@ -158,12 +158,18 @@ class RequestQueue:
         self._queue: list[tuple[Fault, float]] = []
         self._kick: simpy.Event | None = None
 
-    def receive(self, f: Fault) -> None:
-        """A REQ_PAGES message arrived on the return path."""
+    def _arrived(self, f: Fault) -> bool:
+        """Count a REQ_PAGES message arriving now; False if every page went out already."""
         f.request_at_source_s = self.env.now
         self.requests_received += 1
         if self.done:
             self._duplicate(f)
+            return False
+        return True
+
+    def receive(self, f: Fault) -> None:
+        """A REQ_PAGES message arrived on the return path: queue it, wake the sender."""
+        if not self._arrived(f):
             return
         self._queue.append((f, self.env.now))
         if self._kick is not None and not self._kick.triggered:
@@ -228,7 +234,8 @@ class Source(RequestQueue):
         self._release = start_s
         self._plan_ready = np.empty(0)
         self._plan_end = start_s
-        env.process(self._run())
+        self._timer_at = np.inf  # when the armed timer fires
+        env.timeout(start_s - env.now).callbacks.append(lambda _e: self._advance())
 
     @property
     def bytes_sent(self) -> int:
@@ -315,19 +322,34 @@ class Source(RequestQueue):
         self._mark_sent(pages, self.main.clock.real(enq), VIA_BACKGROUND)
         self._plan_end = float(enq[-1])
 
-    def _run(self) -> Generator[simpy.Event, Any, None]:
-        env = self.env
-        yield env.timeout(self.start_s - env.now)
-        while True:
-            while self._queue:
-                f, t = self._queue.pop(0)
-                self._serve(f, t)
-            if self.main.clock.real(self._plan_end) <= env.now + TIE_S:
-                if self.unsent == 0:
+    # -- the migration thread ------------------------------------------------------------
+    # It costs no time, so it is not a process: a request is served the instant it
+    # arrives, and a timer wakes the thread when the plan's last page is written.
+    def receive(self, f: Fault) -> None:
+        """A REQ_PAGES message arrived: serve it now, ahead of the background stream."""
+        if self._arrived(f):
+            self._serve(f, self.env.now)
+            self._advance()
+
+    def _advance(self) -> None:
+        """Plan the next chunk if the current plan is all written; re-arm the timer."""
+        now = self.env.now
+        if self.main.clock.real(self._plan_end) <= now + TIE_S:
+            if self.unsent == 0:
+                if not self.done:
                     self.done = True
                     self._on_all_sent()
-                    return
-                self._plan(env.now)
-            self._kick = env.event()
-            wake = self.main.clock.real(self._plan_end)
-            yield env.timeout(max(wake - env.now, 0.0)) | self._kick
+                return
+            self._plan(now)
+        self._arm(float(self.main.clock.real(self._plan_end)))
+
+    def _arm(self, t: float) -> None:
+        if self._timer_at <= t:
+            return  # an earlier check is pending: it re-arms if the plan moved later
+        self._timer_at = t
+        self.env.timeout(max(t - self.env.now, 0.0)).callbacks.append(partial(self._tick, t))
+
+    def _tick(self, t: float, _event: simpy.Event) -> None:
+        if t == self._timer_at:  # else superseded by an earlier timer
+            self._timer_at = np.inf
+            self._advance()
