@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import simpy
+from simpy.core import NORMAL
 
 from simpostcopy.distributions import Draws
 from simpostcopy.models.ledger import TIE_S, Fault, Pages
@@ -42,7 +43,7 @@ class Destination:
         # The main channel, whose in-flight placements are not in the ledger yet (fast
         # engine only; set once the channel exists).
         self.in_flight: Channel | None = None
-        self._waiters: dict[int, list[simpy.Event]] = {}
+        self._waiters: dict[int, list[tuple[simpy.Event, Fault, Draws]]] = {}
         self._check_at: dict[int, float] = {}
         self._inbox: list[tuple[float, int, int, Fault]] = []  # readable uffd messages
         self._readable = env.event()
@@ -79,11 +80,13 @@ class Destination:
             self._schedule_wake(h)
 
     def update_one(self, h: int, arrived: float, placed: float) -> None:
-        """A page's final arrival and placement (the preempt channel, the reference engine)."""
+        """A page's final arrival and placement (the preempt channel, the reference engine):
+        the threads waiting on it now resume one wake-up after the placement."""
         self.pages.arrived_at[h] = arrived
         self.pages.placed_at[h] = placed
         if h in self._waiters:
-            self._schedule_wake(h)
+            self._check_at.pop(h, None)
+            self._release(self._waiters.pop(h), placed)
 
     def _schedule_wake(self, h: int) -> None:
         t = self.placement(h)
@@ -100,16 +103,24 @@ class Destination:
             # Delayed since (a pause) or withdrawn: check again when it is due.
             self._schedule_wake(h)
             return
-        for waiter in self._waiters.pop(h, ()):
-            waiter.succeed(t)
+        self._release(self._waiters.pop(h, ()), self.env.now)
+
+    def _release(self, waiters: list[tuple[simpy.Event, Fault, Draws]], placed: float) -> None:
+        """UFFDIO_COPY at ``placed`` wakes every waiter; each resumes after its wake cost."""
+        for event, f, wake_s in waiters:
+            f.resumed_s = placed + wake_s.next()
+            # The waiter's event fires at its resume time (pre-triggered, as a Timeout is).
+            event._ok, event._value = True, None
+            self.env.schedule(event, NORMAL, max(f.resumed_s - self.env.now, 0.0))
 
     # -- faults --------------------------------------------------------------------------
-    def fault(self, f: Fault, delivery_s: float) -> simpy.Event:
+    def fault(self, f: Fault, delivery_s: float, wake_s: Draws) -> simpy.Event:
         """A vCPU blocked on ``f.host_page``: the uffd message is readable ``delivery_s``
-        later; returns the event that fires when the page is placed."""
+        later; returns the event that fires when the vCPU resumes (placement, then a
+        wake-up cost drawn from ``wake_s``)."""
         h = f.host_page
         waiter = self.env.event()
-        self._waiters.setdefault(h, []).append(waiter)
+        self._waiters.setdefault(h, []).append((waiter, f, wake_s))
         self._schedule_wake(h)
         self.env.timeout(delivery_s).callbacks.append(lambda _e: self._deliver(f))
         return waiter
@@ -123,13 +134,15 @@ class Destination:
     def _fault_thread(self) -> Generator[simpy.Event, Any, None]:
         env, placed_at = self.env, self.pages.placed_at
         while True:
+            # Let every message that becomes readable at this instant arrive, then read
+            # them in a fixed order (earliest first, then by vCPU), whatever the order
+            # of simultaneous events: an idle thread is woken by an event scheduled
+            # behind the first message's, a busy one looks again behind its own.
             if not self._inbox:
                 self._readable = env.event()
                 yield self._readable
-            # Let every message that becomes readable at this instant arrive, then read
-            # them in a fixed order (earliest first, then by vCPU), whatever the order
-            # of simultaneous events.
-            yield env.timeout(0)
+            else:
+                yield env.timeout(0)
             f: Fault = heapq.heappop(self._inbox)[-1]
             f.read_s = env.now
             h = f.host_page

@@ -75,11 +75,7 @@ class VCpu:
         f = Fault(len(self.faults), self.index, j, target, h, env.now)
         self.faults.append(f)
         self.blocked = f
-        yield self.dest.fault(f, self.delivery_s.next())
-        wake = self.wake_s.next()
-        f.resumed_s = env.now + wake
-        if wake > 0:
-            yield env.timeout(wake)
+        yield self.dest.fault(f, self.delivery_s.next(), self.wake_s)
         self.blocked = None
         self.j_seg, self.t_seg = j + 1, env.now + self.dt
 
