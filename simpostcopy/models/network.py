@@ -60,6 +60,8 @@ class Clock:
     def real(self, tau: np.ndarray | float) -> np.ndarray | float:
         if not self._s:
             return tau + self._base if self._base else tau
+        if isinstance(tau, float):
+            return tau + (self._base + self._cum[bisect_right(self._sigma, tau)])
         if self._arrays is None:
             self._arrays = (np.asarray(self._sigma), self._base + np.asarray(self._cum))
         sigma, cum = self._arrays
@@ -190,14 +192,12 @@ class Channel:
         lo, n, due = self._settled, self.page.size, now + TIE_S
         if lo == n or self.place_end[lo] > due:  # even a lower bound is later: not yet
             return
-        hi, width = lo, 512
-        while hi < n:  # exact placements until one is later than now
-            hi = min(n, max(hi, self._valid) + width)
-            self._refresh(hi)
-            if self.place_end[hi - 1] > due:
-                break
+        width = 512
+        # Exact placements (sorted: FIFO) until one is later than now.
+        while self._valid < n and (self._valid == lo or self.place_end[self._valid - 1] <= due):
+            self._refresh(min(n, self._valid + width))
             width *= 4
-        hi = lo + int(np.searchsorted(self.place_end[lo:hi], due, side="right"))
+        hi = lo + int(np.searchsorted(self.place_end[lo : self._valid], due, side="right"))
         self.pages.placed_at[self.page[lo:hi]] = self.place_end[lo:hi]
         self._settled = hi
 
