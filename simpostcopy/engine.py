@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from math import isnan
 
 import numpy as np
 import simpy
@@ -67,11 +68,7 @@ def _streams(s: Scenario) -> list[AccessStream]:
 
 
 def _in_flight(f: Fault) -> bool:
-    return bool(
-        np.isnan(f.read_s)
-        or np.isnan(f.resumed_s)
-        or (f.requested and np.isnan(f.request_at_source_s))
-    )
+    return isnan(f.read_s) or isnan(f.resumed_s) or (f.requested and isnan(f.request_at_source_s))
 
 
 ENGINES = ("fast", "reference")
