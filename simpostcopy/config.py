@@ -203,6 +203,8 @@ class Workload:
     accesses_per_s: float = _field("float", 1e6, gt=0)  # per vCPU
     # 0 = unlimited: the guest keeps running until the migration ends.
     accesses_per_vcpu: int = _field("int", 0, min=0)
+    # Share of accesses that write: what dirties pages while precopy runs on the source.
+    write_fraction: float = _field("float", 0.2, min=0, max=1)
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -230,13 +232,42 @@ class Network:
         _validate(self)
 
 
+SWITCHOVER_POLICIES = (
+    "postcopy",
+    "precopy",
+    "postcopy_after_rounds",
+    "postcopy_after_timeout",
+    "postcopy_when_stalled",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
-    """Migration-level settings: setup cost, device state, bandwidth cap and page locality."""
+    """Migration-level settings: setup, precopy and switch-over policy, device state,
+    bandwidth caps and page locality."""
 
     SECTION: ClassVar[str] = "migration"
 
     setup_s: float = _field("time", "10 ms", min=0)
+    # When to stop the guest on the source (see the README's switch-over policies).
+    switchover: str = _field("str", "postcopy", choices=SWITCHOVER_POLICIES)
+    # Precopy rate cap (QEMU max-bandwidth; QEMU's own default is 128 MiB/s); 0 = the link.
+    max_bandwidth_bytes_per_s: float = _field("rate", 0, min=0)
+    # Precopy completes once the dirty bytes left go out within this (QEMU: 300 ms).
+    downtime_limit_s: float = _field("time", "300 ms", min=0)
+    # Precopy rounds at most (the first pass counts); then precopy stops and copies the
+    # rest, a hybrid policy switches to postcopy.
+    max_rounds: int = _field("int", 30, min=1)
+    # postcopy_after_rounds: switch after this many rounds (libvirt's
+    # --postcopy-after-precopy is 1: after the first pass).
+    switchover_rounds: int = _field("int", 1, min=1)
+    # postcopy_after_timeout: switch this long per GiB of RAM after precopy starts
+    # (KubeVirt's completionTimeoutPerGiB, default 150 s).
+    completion_timeout_per_gib_s: float = _field("time", "150 s", gt=0)
+    # postcopy_when_stalled: switch once the dirty bytes left have not shrunk by at least
+    # stall_shrink_fraction for this many consecutive rounds.
+    stalled_rounds: int = _field("int", 2, min=1)
+    stall_shrink_fraction: float = _field("float", 0.05, min=0, max=1)
     device_state_bytes: int = _field("bytes", "1 MiB", min=0)
     max_postcopy_bandwidth_bytes_per_s: float = _field("rate", 0, min=0)  # 0 = unlimited
     locality: str = _field("str", "continue", choices=("none", "continue", "hint", "bubbling"))

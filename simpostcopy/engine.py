@@ -12,8 +12,15 @@ from simpostcopy import __version__
 from simpostcopy.config import TARGET_PAGE_BYTES, Scenario, load_trace
 from simpostcopy.distributions import Draws
 from simpostcopy.models.destination import Destination
-from simpostcopy.models.ledger import Fault, Pages
+from simpostcopy.models.ledger import VIA_PRECOPY, Fault, Pages
 from simpostcopy.models.network import Channel, UrgentChannel
+from simpostcopy.models.precopy import (
+    DISCARD_RANGE_BYTES,
+    PrecopyOutcome,
+    discard_ranges,
+    run_precopy,
+    wire_bytes,
+)
 from simpostcopy.models.reference import RefSource, RefVCpu
 from simpostcopy.models.source import BubblingScan, LinearScan, Source
 from simpostcopy.models.vcpu import VCpu
@@ -25,12 +32,17 @@ from simpostcopy.rng import stream
 CHUNK_BYTES = 8 << 20
 
 
-def _pages(s: Scenario) -> Pages:
-    """Host pages with their zero-ness, wire size and placement cost."""
+def _zero_pages(s: Scenario) -> np.ndarray:
+    """Host pages whose content is zero when the migration starts."""
+    n = s.guest.ram_bytes // s.guest.host_page_bytes
+    return stream(s.seed, "guest.zero_pages").random(n) < s.guest.zero_page_fraction
+
+
+def _pages(s: Scenario, zero: np.ndarray) -> Pages:
+    """Host pages with their zero-ness (when postcopy starts), wire size and placement cost."""
     g, fp = s.guest, s.fault_path
-    n = g.ram_bytes // g.host_page_bytes
+    n = zero.size
     per_host = g.host_page_bytes // TARGET_PAGE_BYTES
-    zero = stream(s.seed, "guest.zero_pages").random(n) < g.zero_page_fraction
     header = s.migration.page_header_bytes
     # QEMU sends a zero target page as its header plus one byte (save_zero_page).
     wire = np.where(zero, per_host * (header + 1), per_host * (header + TARGET_PAGE_BYTES))
@@ -40,6 +52,11 @@ def _pages(s: Scenario) -> Pages:
     # so QEMU copies a zeroed host page instead.
     cost = np.where(zero, fixed if per_host == 1 else copy_cost, copy_cost)
     return Pages(zero=zero, wire_bytes=wire.astype(np.int64), place_cost_s=cost.astype(np.float64))
+
+
+def _per_host(values: np.ndarray, per_host: int) -> np.ndarray:
+    """Latest of each host page's target-page values."""
+    return values.reshape(-1, per_host).max(axis=1) if per_host > 1 else values
 
 
 def _streams(s: Scenario) -> list[AccessStream]:
@@ -62,6 +79,8 @@ def _streams(s: Scenario) -> list[AccessStream]:
             zipf_exponent=w.zipf_exponent,
             stride_pages=w.stride_bytes // TARGET_PAGE_BYTES,
             trace=traces[v],
+            write_rng=stream(s.seed, f"workload.writes.vcpu{v}"),
+            write_fraction=w.write_fraction,
         )
         for v in range(g.vcpus)
     ]
@@ -77,7 +96,8 @@ ENGINES = ("fast", "reference")
 def simulate(
     scenario: Scenario, *, engine: str = "fast", timeline_window_s: float = 0.01
 ) -> Result:
-    """Simulate one postcopy migration of ``scenario`` (immediate switch-over).
+    """Simulate one migration of ``scenario``: precopy rounds as its switch-over policy
+    says, then stop-and-copy or postcopy.
 
     ``engine="fast"`` (default) costs work per fault and per background chunk;
     ``engine="reference"`` takes one event per page and per access: same results
@@ -89,15 +109,56 @@ def simulate(
     s = scenario
     g, net, mig, fp = s.guest, s.network, s.migration, s.fault_path
     env = simpy.Environment()
-    pages = _pages(s)
     bw = net.bandwidth_bytes_per_s
+    per_host = g.host_page_bytes // TARGET_PAGE_BYTES
+    streams = _streams(s)
 
-    # Switch-over: stop the guest, send the device state; QEMU's downtime ends when it
-    # is sent, and the destination resumes once it has arrived.
-    switchover_s = mig.setup_s
-    downtime_s = mig.device_state_bytes / bw
+    # Precopy (none with an immediate switch-over) until the guest stops on the source.
+    pre = run_precopy(env, s, streams, np.repeat(_zero_pages(s), per_host), mig.setup_s)
+    pages = _pages(s, pre.zero.reshape(-1, per_host).all(axis=1))
+    switchover_s = pre.switchover_s
+    remaining = pre.remaining.reshape(-1, per_host).any(axis=1)  # host pages to move now
+    sent_end = pre.sent_end_s
+    if pre.mode == "precopy":
+        # Stop-and-copy: the dirty target pages go out unthrottled, then the device state.
+        left = np.flatnonzero(pre.remaining)
+        wire = wire_bytes(pre.zero[left], mig.page_header_bytes)
+        sent_end = sent_end.copy()
+        sent_end[left] = switchover_s + np.cumsum(wire) / bw
+        downtime_bytes = int(wire.sum()) + mig.device_state_bytes
+    else:
+        # Postcopy: the discard bitmap (whole host pages; nothing to discard when nothing
+        # was sent) and the device state, unthrottled (QEMU lifts the rate limit).
+        ranges = discard_ranges(remaining) if pre.rounds else 0
+        downtime_bytes = ranges * DISCARD_RANGE_BYTES + mig.device_state_bytes
+    # QEMU's downtime ends when the last of it is sent; the destination resumes once it
+    # has arrived.
+    downtime_s = downtime_bytes / bw
     link_free_s = switchover_s + downtime_s
     dest_start_s = link_free_s + net.latency_s
+    # Pages already at the destination: last byte of their last copy sent, arrived, placed
+    # (by the destination's load thread, not a userfault).
+    here = ~remaining if pre.mode == "postcopy" else np.ones(pages.count, dtype=bool)
+    last = _per_host(sent_end, per_host)[here]
+    pages.sent_at[here] = last
+    pages.arrived_at[here] = last + net.latency_s
+    pages.placed_at[here] = last + net.latency_s
+    pages.via[here] = VIA_PRECOPY
+    if pre.mode == "precopy" or here.all():
+        return _result(
+            s,
+            engine,
+            env,
+            pages,
+            pre,
+            [],
+            pre.accesses,
+            None,
+            downtime_bytes,
+            Timing(mig.setup_s, switchover_s, downtime_s, dest_start_s, dest_start_s),
+            timeline_window_s,
+            wall0,
+        )
 
     faults: list[Fault] = []
     done = env.event()
@@ -112,7 +173,7 @@ def simulate(
     )
 
     def finish() -> None:
-        end = dest.last_placement()
+        end = max(dest.last_placement(), dest_start_s)
         env.timeout(end - env.now).callbacks.append(lambda _e: done.succeed(end))
 
     n_pages = pages.count
@@ -185,8 +246,9 @@ def simulate(
             delivery_s=Draws(fp.delivery_s, stream(s.seed, f"fault_path.delivery.vcpu{v}")),
             wake_s=Draws(fp.wake_s, stream(s.seed, f"fault_path.wake.vcpu{v}")),
             start_s=dest_start_s,
+            first_access=pre.accesses[v],
         )
-        for v, st in enumerate(_streams(s))
+        for v, st in enumerate(streams)
     ]
     end_s = float(env.run(until=done))
     accesses = [v.accesses_done(end_s) for v in vcpus]
@@ -198,22 +260,48 @@ def simulate(
     if engine == "fast":
         main.settle_all()
 
-    timing = Timing(
-        setup_s=mig.setup_s,
-        switchover_s=switchover_s,
-        downtime_s=downtime_s,
-        dest_start_s=dest_start_s,
-        end_s=end_s,
+    timing = Timing(mig.setup_s, switchover_s, downtime_s, dest_start_s, end_s)
+    return _result(
+        s,
+        engine,
+        env,
+        pages,
+        pre,
+        faults,
+        accesses,
+        source,
+        downtime_bytes,
+        timing,
+        timeline_window_s,
+        wall0,
     )
+
+
+def _result(
+    s: Scenario,
+    engine: str,
+    env: simpy.Environment,
+    pages: Pages,
+    pre: PrecopyOutcome,
+    faults: list[Fault],
+    accesses: list[int],
+    source: Source | RefSource | None,
+    downtime_bytes: int,
+    timing: Timing,
+    timeline_window_s: float,
+    wall0: float,
+) -> Result:
     result = Result.build(
         scenario=s,
         pages=pages,
         faults=faults,
         accesses=accesses,
-        requests_received=source.requests_received,
-        requests_duplicate=source.requests_duplicate,
-        bytes_sent=source.bytes_sent,
+        requests_received=source.requests_received if source else 0,
+        requests_duplicate=source.requests_duplicate if source else 0,
+        bytes_sent=source.bytes_sent if source else 0,
         timing=timing,
+        precopy=pre,
+        downtime_bytes=downtime_bytes,
         timeline_window_s=timeline_window_s,
         meta={
             "version": __version__,

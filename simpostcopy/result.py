@@ -12,8 +12,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from simpostcopy.config import TARGET_PAGE_BYTES, FaultPath, Scenario
-from simpostcopy.models.ledger import TIE_S, VIA_BACKGROUND, VIA_REQUEST_PREEMPT, Fault, Pages
+from simpostcopy.config import TARGET_PAGE_BYTES, FaultPath, Network, Scenario
+from simpostcopy.models.ledger import (
+    TIE_S,
+    VIA_BACKGROUND,
+    VIA_NONE,
+    VIA_PRECOPY,
+    VIA_REQUEST_PREEMPT,
+    Fault,
+    Pages,
+)
+from simpostcopy.models.precopy import PrecopyOutcome
 
 LATENCY_BUCKETS = 24  # QEMU's postcopy-latency-dist: [2^N, 2^(N+1)) microseconds
 
@@ -102,6 +111,7 @@ class Result:
     pages: pd.DataFrame
     summary: dict[str, Any]
     meta: dict[str, Any] = field(default_factory=dict)
+    rounds: pd.DataFrame = field(default_factory=pd.DataFrame)  # one row per precopy round
 
     # ----------------------------------------------------------------------------------
     @classmethod
@@ -116,6 +126,8 @@ class Result:
         requests_duplicate: int,
         bytes_sent: int,
         timing: Timing,
+        precopy: PrecopyOutcome,
+        downtime_bytes: int,
         timeline_window_s: float,
         meta: dict[str, Any],
     ) -> Result:
@@ -152,7 +164,18 @@ class Result:
             "faults_by_request": int(by.get("request", 0)),
             "faults_by_other_request": int(by.get("other_request", 0)),
             "faults_by_background": int(by.get("background", 0)),
+            "switchover_policy": scenario.migration.switchover,
+            # How the migration completed ("precopy": stop-and-copy) and why then.
+            "completed_by": precopy.mode,
+            "switchover_reason": precopy.reason,
+            "precopy_rounds": precopy.precopy_rounds,
+            "precopy_bytes": int(precopy.precopy_bytes),
+            "downtime_bytes": int(downtime_bytes),
             "postcopy_bytes": int(bytes_sent),
+            "total_bytes": int(precopy.precopy_bytes + downtime_bytes + bytes_sent),
+            "pages_fetched_after_switchover": int(
+                np.count_nonzero((pages.via != VIA_PRECOPY) & (pages.via != VIA_NONE))
+            ),
             "zero_pages": int(pages.zero.sum()),
             "accesses": int(vc["accesses"].sum()),
             "blocktime_s": overlap_all(fa_start, blocked_end, owners, n_vcpus),
@@ -165,8 +188,30 @@ class Result:
             "scenario_hash": scenario.hash(),
             "version": meta.get("version"),
         }
-        timeline = _timeline(fa_start, blocked_end, pages, timing, n_vcpus, timeline_window_s)
-        return cls(scenario, fa, vc, timeline, _page_frame(pages), summary, dict(meta))
+        # Page bytes of the stop-and-copy (the rest of the downtime is device state, or the
+        # discard bitmap before postcopy).
+        stop_copy = downtime_bytes - scenario.migration.device_state_bytes
+        timeline = _timeline(
+            fa_start,
+            blocked_end,
+            pages,
+            timing,
+            precopy,
+            stop_copy if precopy.mode == "precopy" else 0,
+            scenario.network,
+            n_vcpus,
+            timeline_window_s,
+        )
+        return cls(
+            scenario,
+            fa,
+            vc,
+            timeline,
+            _page_frame(pages),
+            summary,
+            dict(meta),
+            _rounds_frame(precopy),
+        )
 
     # ----------------------------------------------------------------------------------
     def to_qemu(self) -> dict[str, Any]:
@@ -189,18 +234,20 @@ class Result:
             "downtime": _ms(s["downtime_s"]),
             "setup-time": _ms(s["setup_time_s"]),
             "ram": {
-                "transferred": s["postcopy_bytes"],
+                "transferred": s["total_bytes"],
                 "remaining": 0,
                 "total": g.ram_bytes,
                 "duplicate": zero_target,
                 "normal": normal_target,
                 "normal-bytes": normal_target * TARGET_PAGE_BYTES,
                 "page-size": TARGET_PAGE_BYTES,
-                "mbps": s["postcopy_bytes"] * 8 / 1e6 / max(s["total_time_s"], 1e-12),
+                "mbps": s["total_bytes"] * 8 / 1e6 / max(s["total_time_s"], 1e-12),
                 "postcopy-requests": s["postcopy_requests"],
                 "postcopy-bytes": s["postcopy_bytes"],
-                "precopy-bytes": 0,
-                "downtime-bytes": 0,
+                "precopy-bytes": s["precopy_bytes"],
+                "downtime-bytes": s["downtime_bytes"],
+                # One bitmap sync per round plus the final one at the stop.
+                "dirty-sync-count": s["precopy_rounds"] + 1,
             },
             "postcopy-blocktime": _ms(blocktime),
             "postcopy-vcpu-blocktime": [_ms(x) for x in vc["qemu_blocktime_s"]],
@@ -220,7 +267,7 @@ class Result:
         return json.dumps(clean, indent=2, sort_keys=False)
 
     def save(self, out_dir: str | Path) -> Path:
-        """Write the scenario, the summary, QEMU's view and the three tables to ``out_dir``."""
+        """Write the scenario, the summary, QEMU's view and the tables to ``out_dir``."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "scenario.toml").write_text(self.scenario.to_toml())
@@ -230,6 +277,7 @@ class Result:
         self.vcpus.to_parquet(out / "vcpus.parquet", index=False)
         self.timeline.to_parquet(out / "timeline.parquet", index=False)
         self.pages.to_parquet(out / "pages.parquet", index=False)
+        self.rounds.to_parquet(out / "rounds.parquet", index=False)
         return out
 
 
@@ -242,7 +290,7 @@ def _channel(via: np.ndarray) -> pd.Categorical:
 
 def _page_frame(pages: Pages) -> pd.DataFrame:
     """One row per host page: how and when it reached the destination."""
-    via_codes = np.array([2, 0, 1, 1], dtype=np.int8)  # VIA_* -> category below
+    via_codes = np.array([2, 0, 1, 1, 3], dtype=np.int8)  # VIA_* -> category below
     return pd.DataFrame(
         {
             "host_page": np.arange(pages.count, dtype=np.int64),
@@ -252,7 +300,7 @@ def _page_frame(pages: Pages) -> pd.DataFrame:
             "arrived_s": pages.arrived_at,
             "placed_s": pages.placed_at,
             "via": pd.Categorical.from_codes(
-                via_codes[pages.via], categories=["background", "request", "none"]
+                via_codes[pages.via], categories=["background", "request", "none", "precopy"]
             ),
             "channel": _channel(pages.via),
         }
@@ -309,15 +357,27 @@ def _fault_frame(faults: list[Fault], pages: Pages) -> pd.DataFrame:
     return fa[order]
 
 
+def _spread(edges: np.ndarray, start: float, end: float, total: float) -> np.ndarray:
+    """``total`` spread evenly over [start, end], per window of ``edges``."""
+    if end <= start:
+        return np.histogram([start], bins=edges, weights=[total])[0]
+    overlap = np.clip(np.minimum(edges[1:], end) - np.maximum(edges[:-1], start), 0, None)
+    return total * overlap / (end - start)
+
+
 def _timeline(
     fault_s: np.ndarray,
     blocked_end: np.ndarray,
     pages: Pages,
     timing: Timing,
+    precopy: PrecopyOutcome,
+    stop_copy_bytes: int,
+    network: Network,
     n_vcpus: int,
     window_s: float,
 ) -> pd.DataFrame:
-    """Per window: share of vCPU time running (the degradation curve) and bytes received."""
+    """Per window over the whole migration: share of vCPU time running (the degradation
+    curve; the guest runs unimpeded on the source during precopy) and page bytes received."""
     end = timing.end_s
     n_win = max(1, math.ceil(end / window_s - 1e-9))
     edges = np.minimum(np.arange(n_win + 1) * window_s, end)
@@ -328,17 +388,36 @@ def _timeline(
     width = np.diff(edges)
     with np.errstate(invalid="ignore", divide="ignore"):
         running = np.where(width > 0, 1.0 - blocked / (n_vcpus * width), 1.0)
-    arrived = pages.arrived_at
-    bytes_in = np.histogram(arrived, bins=edges, weights=pages.wire_bytes)[0]
-    placed = np.histogram(pages.placed_at, bins=edges)[0]
+    # Precopy rounds and stop-and-copy stream back to back at a steady rate: their bytes
+    # arrive evenly, one latency after they leave.  Postcopy pages arrive one by one.
+    lat = network.latency_s
+    bytes_in = np.zeros(n_win)
+    for r in precopy.rounds:
+        bytes_in += _spread(edges, r.start_s + lat, r.end_s + lat, r.bytes_sent)
+    if stop_copy_bytes:
+        copy_end = timing.switchover_s + stop_copy_bytes / network.bandwidth_bytes_per_s
+        bytes_in += _spread(edges, timing.switchover_s + lat, copy_end + lat, stop_copy_bytes)
+    fetched = pages.via != VIA_PRECOPY
+    bytes_in += np.histogram(
+        pages.arrived_at[fetched], bins=edges, weights=pages.wire_bytes[fetched]
+    )[0]
+    placed = np.histogram(pages.placed_at[fetched], bins=edges)[0]
     faults = np.histogram(fault_s, bins=edges)[0]
     return pd.DataFrame(
         {
             "window_start_s": edges[:-1],
             "window_end_s": edges[1:],
             "running_fraction": np.clip(running, 0.0, 1.0),
-            "bytes_received": bytes_in.astype(np.int64),
+            "bytes_received": np.rint(bytes_in).astype(np.int64),
             "pages_placed": placed.astype(np.int64),
             "faults": faults.astype(np.int64),
         }
+    )
+
+
+def _rounds_frame(precopy: PrecopyOutcome) -> pd.DataFrame:
+    """One row per precopy round."""
+    return pd.DataFrame(
+        [dataclasses.asdict(r) for r in precopy.rounds],
+        columns=["round", "start_s", "end_s", "pages_sent", "bytes_sent", "dirty_bytes", "cut"],
     )

@@ -8,7 +8,7 @@ from conftest import KIB, MIB
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from simpostcopy.config import Scenario
+from simpostcopy.config import SWITCHOVER_POLICIES, Scenario
 from simpostcopy.engine import simulate
 
 
@@ -41,6 +41,19 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         "migration.locality": draw(st.sampled_from(["none", "continue", "hint", "bubbling"])),
         "migration.bubbling_pivots": draw(st.integers(1, 3)),
     }
+    policy = draw(st.sampled_from(SWITCHOVER_POLICIES + ("postcopy",) * 3))
+    if policy != "postcopy":
+        # Precopy first: a few rounds of a tiny guest, timeouts of the order of a round.
+        over |= {
+            "migration.switchover": policy,
+            "workload.write_fraction": draw(st.sampled_from([0.0, 0.3, 1.0])),
+            "migration.max_bandwidth_bytes_per_s": draw(st.sampled_from([0, 4e6])),
+            "migration.downtime_limit_s": draw(st.sampled_from([0.0, 1e-3, 0.3])),
+            "migration.max_rounds": draw(st.integers(1, 4)),
+            "migration.switchover_rounds": draw(st.integers(1, 2)),
+            "migration.completion_timeout_per_gib_s": draw(st.sampled_from([1.0, 30.0, 300.0])),
+            "migration.stalled_rounds": draw(st.integers(1, 2)),
+        }
     return Scenario().override(over)
 
 
@@ -55,19 +68,34 @@ def test_invariants(s: Scenario) -> None:
     end = sm["total_time_s"]
     bw = s.network.bandwidth_bytes_per_s
 
-    # Every host page is sent and placed exactly once, after it was sent and arrived.
+    # Every host page reaches the destination, after it was sent, and is placed once.
     assert (pages.via != "none").all()
     assert np.isfinite(pages.placed_s).all()
     assert (pages.sent_s <= pages.arrived_s).all() and (pages.arrived_s <= pages.placed_s).all()
-    assert pages.placed_s.max() == end
-    # Bytes are conserved: what the sockets carried is exactly every page once.
-    assert sm["postcopy_bytes"] == pages.wire_bytes.sum() == r.timeline.bytes_received.sum()
-    assert r.timeline.pages_placed.sum() == len(pages)
+    fetched = pages[pages.via != "precopy"]
+    assert pages.placed_s.max() <= end
+    if len(fetched):  # postcopy ends with the last placement
+        assert fetched.placed_s.max() == end
+    # Bytes are conserved: postcopy carried every fetched page once; the timeline counts
+    # every page byte received (precopy rounds spread evenly, rounded per window).
+    assert sm["postcopy_bytes"] == fetched.wire_bytes.sum()
+    assert r.timeline.pages_placed.sum() == len(fetched)
+    pages_bytes = sm["precopy_bytes"] + sm["postcopy_bytes"]
+    if sm["completed_by"] == "precopy":
+        pages_bytes += sm["downtime_bytes"] - s.migration.device_state_bytes
+    assert abs(r.timeline.bytes_received.sum() - pages_bytes) <= len(r.timeline)
+    assert sm["total_bytes"] == sm["precopy_bytes"] + sm["downtime_bytes"] + sm["postcopy_bytes"]
     # The link cannot beat its bandwidth.
-    start = s.migration.setup_s + sm["downtime_s"]
-    assert end >= start + pages.wire_bytes.sum() / bw * (1 - 1e-12)
+    assert end >= s.migration.setup_s + sm["total_bytes"] / bw * (1 - 1e-12)
     if s.guest.zero_page_fraction == 0:
         assert end >= s.guest.ram_bytes / bw
+    # Precopy's rounds run back to back from the end of setup to the switch-over.
+    rounds = r.rounds
+    if len(rounds):
+        assert rounds.start_s.iloc[0] == s.migration.setup_s
+        assert (rounds.start_s.to_numpy()[1:] == rounds.end_s.to_numpy()[:-1]).all()
+        assert rounds.end_s.iloc[-1] == sm["switchover_time_s"]
+        assert sm["precopy_bytes"] == rounds.bytes_sent.sum()
 
     # Requests: at most one per fault, one per host page, counted where they were sent.
     assert sm["postcopy_requests"] <= sm["remote_faults"]

@@ -16,8 +16,9 @@ import numpy as np
 # flip on rounding noise.  Far below any modelled delay, far above float error.
 TIE_S = 1e-12
 
-# How a host page reached the destination.
-VIA_NONE, VIA_BACKGROUND, VIA_REQUEST_MAIN, VIA_REQUEST_PREEMPT = 0, 1, 2, 3
+# How a host page reached the destination (precopy: before the guest stopped, or by
+# stop-and-copy).
+VIA_NONE, VIA_BACKGROUND, VIA_REQUEST_MAIN, VIA_REQUEST_PREEMPT, VIA_PRECOPY = 0, 1, 2, 3, 4
 
 
 @dataclass(slots=True)

@@ -20,6 +20,7 @@ from simpostcopy.models.destination import Destination
 from simpostcopy.models.ledger import (
     TIE_S,
     VIA_BACKGROUND,
+    VIA_NONE,
     VIA_REQUEST_MAIN,
     VIA_REQUEST_PREEMPT,
     Fault,
@@ -95,8 +96,8 @@ class RefSource(RequestQueue):
         self._written: list[tuple[int, float]] = []  # background writes: (page, channel time)
         self.main_rx = RefReceiver(env, pages, dest, start_s)
         self.preempt_rx = RefReceiver(env, pages, dest, start_s)
-        self.sent = np.zeros(pages.count, dtype=bool)
-        self.unsent = pages.count
+        self.sent = pages.via != VIA_NONE  # already at the destination after precopy
+        self.unsent = self.to_place = int(pages.count - self.sent.sum())
         self.bytes_sent = 0
         self._on_all_placed = on_all_placed
         env.process(self._run(start_s))
@@ -124,7 +125,7 @@ class RefSource(RequestQueue):
                 _urgent_timeout(self.env, arrival - self.env.now).callbacks.append(check)
                 return
             rx.arrive(h)
-            if self.main_rx.placed + self.preempt_rx.placed == self.pages.count:
+            if self.main_rx.placed + self.preempt_rx.placed == self.to_place:
                 self._on_all_placed()
 
         arrival = (clock.real(end) if clock else end) + self.latency
@@ -196,7 +197,7 @@ class RefVCpu(VCpu):
     def _run(self, start_s: float) -> Generator[simpy.Event, Any, None]:
         env, placed_at = self.env, self.dest.pages.placed_at
         yield env.timeout(start_s - env.now)
-        j = 0
+        j = self.j_seg
         while j < self.limit:
             t_access = self.t_seg + (j - self.j_seg) * self.dt
             if t_access > env.now:

@@ -227,8 +227,8 @@ class Source(RequestQueue):
         self.chunk_pages = chunk_pages
         self.start_s = start_s
         self._on_all_sent = on_all_sent
-        self.sent = np.zeros(pages.count, dtype=bool)
-        self.unsent = pages.count
+        self.sent = pages.via != VIA_NONE  # already at the destination after precopy
+        self.unsent = int(pages.count - self.sent.sum())
         # Channel times (see network.Clock): pacing of the next background byte, the
         # ready times of the current plan, and when its last page is written.
         self._release = start_s

@@ -39,6 +39,7 @@ class VCpu:
         delivery_s: Draws,
         wake_s: Draws,
         start_s: float,
+        first_access: int = 0,
     ) -> None:
         self.env = env
         self.index = index
@@ -51,7 +52,7 @@ class VCpu:
         self.delivery_s = delivery_s
         self.wake_s = wake_s
         self.t_seg = start_s
-        self.j_seg = 0
+        self.j_seg = first_access  # accesses before it ran on the source (precopy)
         self.blocked: Fault | None = None
         env.process(self._run(start_s))
 
@@ -82,7 +83,7 @@ class VCpu:
     def _run(self, start_s: float) -> Generator[simpy.Event, Any, None]:
         env, placed_at, shift = self.env, self.dest.pages.placed_at, self.host_shift
         yield env.timeout(start_s - env.now)
-        j = 0
+        j = self.j_seg
         while j < self.limit:
             # Find the first access, from j on, to a page not placed yet.
             self.dest.sync()

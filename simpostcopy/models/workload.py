@@ -6,6 +6,7 @@ stream, so the values never depend on how far ahead the simulator looks.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 
 import numpy as np
@@ -48,6 +49,27 @@ def zipf_ranks(u: np.ndarray, n: int, exponent: float) -> np.ndarray:
         lo = np.where(open_ & ~above, mid + 1, lo)
 
 
+class _Blocks:
+    """An endless sequence drawn ``BLOCK`` values at a time, read forward only."""
+
+    def __init__(self, draw: Callable[[], np.ndarray]) -> None:
+        self._draw = draw
+        self._buf: np.ndarray | None = None
+        self._base = 0  # index of self._buf[0]
+
+    def get(self, j: int, n: int) -> np.ndarray:
+        """Values ``j .. j+n-1`` (``j`` never moves backwards)."""
+        if self._buf is None:
+            self._buf = self._draw()
+        lo = j - self._base
+        if lo > 0:
+            self._buf = self._buf[lo:]
+            self._base = j
+        while self._buf.size < n:
+            self._buf = np.concatenate((self._buf, self._draw()))
+        return self._buf[:n]
+
+
 class AccessStream:
     """The target pages one vCPU accesses, indexable by access number."""
 
@@ -65,6 +87,8 @@ class AccessStream:
         zipf_exponent: float = 1.0,
         stride_pages: int = 1,
         trace: np.ndarray | None = None,
+        write_rng: np.random.Generator | None = None,
+        write_fraction: float = 0.0,
     ) -> None:
         self.pattern = pattern
         self._w = working_set_pages
@@ -77,9 +101,13 @@ class AccessStream:
         # Sequential vCPUs start evenly spread over the working set.
         self._seq_start = (vcpu * working_set_pages) // vcpus
         self._trace = trace
-        self._buf = np.empty(0, dtype=np.int64)
-        self._base = 0  # access number of self._buf[0]
         self._generated = 0  # blocks drawn so far
+        self._pages = _Blocks(self._block)
+        # Which accesses write (dirty their page): a stream of its own, so the pages
+        # accessed never depend on the write share.
+        self._write_rng = write_rng if write_rng is not None else np.random.default_rng(0)
+        self._write_fraction = write_fraction
+        self._writes = _Blocks(self._write_block)
 
     def _block(self) -> np.ndarray:
         """Draw the next BLOCK accesses (absolute target-page numbers)."""
@@ -109,12 +137,13 @@ class AccessStream:
             raise ValueError(f"unknown pattern {self.pattern!r}")
         return rel.astype(np.int64) + self._off
 
+    def _write_block(self) -> np.ndarray:
+        return self._write_rng.random(BLOCK) < self._write_fraction
+
     def pages(self, j: int, n: int) -> np.ndarray:
         """Target pages of accesses ``j .. j+n-1`` (``j`` never moves backwards)."""
-        lo = j - self._base
-        if lo > 0:
-            self._buf = self._buf[lo:]
-            self._base = j
-        while self._buf.size < n:
-            self._buf = np.concatenate((self._buf, self._block()))
-        return self._buf[:n]
+        return self._pages.get(j, n)
+
+    def writes(self, j: int, n: int) -> np.ndarray:
+        """Whether accesses ``j .. j+n-1`` write (``j`` never moves backwards)."""
+        return self._writes.get(j, n)
