@@ -59,8 +59,17 @@ def summary_table(result: Result) -> str:
         ),
         ("total time", _fmt_time(s["total_time_s"])),
         ("setup time", _fmt_time(s["setup_time_s"])),
+        (
+            "switch-over",
+            f"{s['switchover_policy']}: completed by {s['completed_by']}"
+            f" ({s['switchover_reason']}) at {_fmt_time(s['switchover_time_s'])}",
+        ),
+        ("precopy rounds", s["precopy_rounds"]),
         ("downtime", _fmt_time(s["downtime_s"])),
+        ("precopy bytes", _fmt_bytes(s["precopy_bytes"])),
+        ("downtime bytes", _fmt_bytes(s["downtime_bytes"])),
         ("postcopy bytes", _fmt_bytes(s["postcopy_bytes"])),
+        ("pages fetched after switch-over", s["pages_fetched_after_switchover"]),
         ("remote faults", s["remote_faults"]),
         ("  by own request", s["faults_by_request"]),
         ("  by another vCPU's request", s["faults_by_other_request"]),
@@ -193,6 +202,38 @@ def _positive_time(text: str) -> float:
     return value
 
 
+def _plot(args: argparse.Namespace) -> int:
+    """``simpostcopy plot downtime FRAME``: a figure from a sweep frame."""
+    import pandas as pd
+
+    from simpostcopy import plots
+
+    try:
+        frame = (
+            pd.read_csv(args.frame)
+            if str(args.frame).lower().endswith(".csv")
+            else pd.read_parquet(args.frame)
+        )
+    except (OSError, ValueError) as exc:
+        raise CliError(f"cannot read frame {args.frame!r}: {exc}") from None
+    metrics = [m for m in args.metrics.split(",") if m]
+    try:
+        fig = plots.downtime_curve(
+            frame,
+            x=args.x,
+            strategy=args.strategy,
+            metrics=metrics,
+            facet=args.facet,
+            title=args.title,
+            band=args.band,
+        )
+        out = plots.save(fig, args.out)
+    except plots.PlotError as exc:
+        raise CliError(str(exc)) from None
+    print(out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="simpostcopy",
@@ -263,6 +304,29 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--host", default="0.0.0.0", help="serve: address to listen on")
     cal.add_argument("--port", type=int, default=4444, help="serve: TCP port (default 4444)")
     cal.set_defaults(func=_calibrate)
+
+    plot = sub.add_parser(
+        "plot",
+        help="draw a figure from a sweep frame (parquet or CSV)",
+        description="Draw a figure from a sweep frame: one row per run, a column per varied"
+        " setting (dotted key), summary metrics as columns.",
+    )
+    plot.add_argument("kind", choices=["downtime"], help="downtime: metrics vs a setting")
+    plot.add_argument("frame", help="sweep frame: .parquet or .csv")
+    plot.add_argument("--x", default="network.bandwidth_bytes_per_s", help="x-axis column")
+    plot.add_argument(
+        "--strategy", default="migration.switchover", help="one line per value of this column"
+    )
+    plot.add_argument("--facet", help="one row of panels per value of this column")
+    plot.add_argument(
+        "--metrics",
+        default="downtime_s,total_time_s,blocktime_s",
+        help="comma-separated summary metrics, one panel each",
+    )
+    plot.add_argument("--band", choices=["range", "quantiles"], default="range")
+    plot.add_argument("--title", help="figure title")
+    plot.add_argument("--out", default="downtime.png", help="output .png, .svg or .pdf")
+    plot.set_defaults(func=_plot)
     return parser
 
 

@@ -1,0 +1,106 @@
+"""Figures render from small frames with the expected axes; the downtime experiment runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from simpostcopy import plots
+from simpostcopy.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _frame() -> pd.DataFrame:
+    rows = []
+    for policy in ("precopy", "postcopy", "postcopy_when_stalled"):
+        for gbit in (1, 10, 100):
+            for dirty in (1e8, 1e9):
+                for seed in (1, 2):
+                    rows.append(
+                        {
+                            "network.bandwidth_bytes_per_s": gbit * 1.25e8,
+                            "dirty_rate_bytes_per_s": dirty,
+                            "migration.switchover": policy,
+                            "seed": seed,
+                            "downtime_s": 1.0 / gbit + 0.01 * seed,
+                            "total_time_s": 10.0 / gbit,
+                            "blocktime_s": 0.0 if policy == "precopy" else 0.5 / gbit,
+                        }
+                    )
+    return pd.DataFrame(rows)
+
+
+def test_downtime_curve_draws_a_line_per_strategy_and_a_panel_per_metric(tmp_path):
+    fig = plots.downtime_curve(_frame(), facet="dirty_rate_bytes_per_s")
+    axes = fig.axes
+    assert len(axes) == 2 * 3  # two dirty rates x three metrics
+    assert [a.get_ylabel() for a in axes[:3]] == [
+        "downtime (s)",
+        "total migration time (s)",
+        "vCPU blocktime, all at once (s)",
+    ]
+    assert axes[0].get_xlabel() == "network.bandwidth_bytes_per_s (Gbit/s)"
+    assert axes[0].get_xscale() == "log"  # 1-100 Gbit/s
+    assert axes[0].get_title() == "dirty_rate_bytes_per_s = 0.8 Gbit/s"
+    legend = [t.get_text() for t in axes[0].get_legend().get_texts()]
+    assert legend == ["precopy", "postcopy", "postcopy_when_stalled"]
+    # The line is the median over seeds, in the axis unit (Gbit/s).
+    line = axes[0].get_lines()[0]
+    np.testing.assert_allclose(line.get_xdata(), [1, 10, 100])
+    np.testing.assert_allclose(line.get_ydata(), [1.015, 0.115, 0.025])
+    assert line.get_color() == plots.STRATEGY_COLOURS["precopy"]
+    for suffix in ("png", "svg", "pdf"):
+        out = plots.save(fig, tmp_path / f"fig.{suffix}")
+        assert out.stat().st_size > 1000
+
+
+def test_downtime_curve_names_what_the_frame_lacks():
+    with pytest.raises(plots.PlotError, match=r"frame lacks column.*'nope'"):
+        plots.downtime_curve(_frame(), x="nope")
+    with pytest.raises(plots.PlotError, match=r"use a \.png, \.svg or \.pdf"):
+        plots.save(plots.downtime_curve(_frame()), "fig.jpeg")
+
+
+def test_cli_plot_downtime(tmp_path, capsys):
+    frame = tmp_path / "frame.parquet"
+    _frame().to_parquet(frame)
+    out = tmp_path / "d.png"
+    assert main(["plot", "downtime", str(frame), "--out", str(out)]) == 0
+    assert out.stat().st_size > 1000
+    assert main(["plot", "downtime", str(frame), "--x", "nope", "--out", str(out)]) == 2
+    assert "frame lacks column(s) 'nope'" in capsys.readouterr().err
+    assert main(["plot", "downtime", str(tmp_path / "missing.parquet")]) == 2
+
+
+def test_downtime_experiment_quick(tmp_path):
+    subprocess.run(
+        [
+            sys.executable,
+            "experiments/downtime_curves.py",
+            "--quick",
+            "--jobs",
+            "2",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
+    frame = pd.read_parquet(tmp_path / "downtime_curves.parquet")
+    assert (tmp_path / "downtime_curves.png").stat().st_size > 10_000
+    assert len(frame) == 2 * 2 * 4  # bandwidths x dirty rates x strategies
+    slow_dirty = frame[
+        (frame["network.bandwidth_bytes_per_s"] == 1.25e8)
+        & (frame["workload.write_fraction"] == 0.2)
+    ].set_index("migration.switchover")
+    # Dirtying outpaces 1 Gbit/s: precopy pays in downtime, postcopy in blocked vCPUs.
+    assert slow_dirty.loc["precopy", "downtime_s"] > 10 * slow_dirty.loc["postcopy", "downtime_s"]
+    assert slow_dirty.loc["precopy", "blocktime_s"] == 0
+    assert slow_dirty.loc["postcopy", "blocktime_s"] > 0
