@@ -1,4 +1,4 @@
-"""Command line: ``simpostcopy run|scenario ...``."""
+"""Command line: ``simpostcopy run|scenario|sweep|plot|calibrate ...``."""
 
 from __future__ import annotations
 
@@ -234,6 +234,29 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    """``simpostcopy sweep SWEEP.toml --out results.parquet``."""
+    import time
+
+    from simpostcopy.sweep import Sweep, run
+
+    sweep = Sweep.from_toml(args.sweep)
+    t0 = time.perf_counter()
+    frame = run(
+        sweep,
+        args.out,
+        jobs=args.jobs,
+        keep=[k for k in (args.keep or "").split(",") if k],
+        scheduler=args.scheduler,
+        dask_local=args.dask_local,
+        progress=not args.no_progress,
+        flush_every=args.flush_every,
+    )
+    failed = int(frame["error"].notna().sum()) if "error" in frame else 0
+    print(f"{len(frame)} runs ({failed} failed) in {time.perf_counter() - t0:.1f} s -> {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="simpostcopy",
@@ -304,6 +327,28 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--host", default="0.0.0.0", help="serve: address to listen on")
     cal.add_argument("--port", type=int, default=4444, help="serve: TCP port (default 4444)")
     cal.set_defaults(func=_calibrate)
+
+    sw = sub.add_parser(
+        "sweep",
+        help="run a parameter sweep (grid or random design x seeds); resumable",
+        description="Run every (point, seed) of a sweep file; rows are saved as they come, "
+        "and rerunning the same command runs only what is missing.",
+    )
+    sw.add_argument("sweep", help="sweep TOML file ([sweep], [base], [factors])")
+    sw.add_argument("--out", default="results.parquet", help="results parquet file")
+    sw.add_argument(
+        "--jobs", type=_positive_int, help="local worker processes (default: all cores)"
+    )
+    sw.add_argument("--keep", metavar="faults", help="also save each run's fault table")
+    sw.add_argument("--scheduler", metavar="tcp://HOST:PORT", help="run on a Dask cluster")
+    sw.add_argument(
+        "--dask-local", type=_positive_int, metavar="N", help="run on a local Dask cluster"
+    )
+    sw.add_argument(
+        "--flush-every", type=_positive_int, default=16, help="rows per saved part (default 16)"
+    )
+    sw.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sw.set_defaults(func=_sweep)
 
     plot = sub.add_parser(
         "plot",

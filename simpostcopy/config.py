@@ -574,3 +574,24 @@ def parse_override(text: str) -> tuple[str, Any]:
         return key, raw.strip()
     # More than one key means VALUE smuggled in extra TOML lines: keep it literal.
     return key, parsed["v"] if len(parsed) == 1 else raw.strip()
+
+
+def setting_kind(key: str) -> str:
+    """The kind of setting ``key`` (bytes, rate, time, float, int, bool, str, dist)."""
+    if key not in _KEYS:
+        raise _unknown_key(key, None)
+    section, dot, name = key.partition(".")
+    owner = _SECTIONS[section] if dot else Scenario
+    return next(f.metadata["kind"] for f in fields(owner) if f.name == (name if dot else key))
+
+
+def setting_value(scenario: Scenario, key: str) -> Any:
+    """The value of dotted setting ``key`` in ``scenario`` (canonical units)."""
+    section, dot, name = key.partition(".")
+    return getattr(getattr(scenario, section), name) if dot else getattr(scenario, key)
+
+
+def coerce_setting(key: str, raw: Any) -> Any:
+    """``raw`` (e.g. "10 Gbit/s") as the canonical value of setting ``key`` (1.25e9)."""
+    kind = setting_kind(key)
+    return _coerce(key, kind, None, raw)
