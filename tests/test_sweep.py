@@ -336,3 +336,14 @@ def test_summarize_gives_student_t_intervals():
     # t(0.975, 2) = 4.3027; sd = 1; half-width = 4.3027 / sqrt(3)
     assert s.loc[1, "m_ci_high"] == pytest.approx(2.0 + 4.302653 / np.sqrt(3), rel=1e-5)
     assert s.loc[2, "m_sd"] == 0.0 and s.loc[2, "m_ci_low"] == 5.0
+
+
+def test_an_existing_dask_cluster_by_its_address(tmp_path):
+    from distributed import LocalCluster
+
+    sw = Sweep.from_toml(_write(tmp_path, GRID))
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        remote = run(sw, scheduler=cluster.scheduler_address)
+    _same_rows(run(sw, jobs=1), remote)
