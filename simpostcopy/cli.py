@@ -7,6 +7,7 @@ import json
 import math
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from simpostcopy import __version__
@@ -47,16 +48,9 @@ def _fmt_bytes(n: float) -> str:
 def summary_table(result: Result) -> str:
     """A readable two-column table of the summary, units included."""
     s, sc = result.summary, result.scenario
-    g, net = sc.guest, sc.network
     blocked = ", ".join(_fmt_time(x) for x in s["vcpu_blocktime_s"])
     rows: list[tuple[str, Any]] = [
-        (
-            "scenario",
-            f"{_fmt_bytes(g.ram_bytes)} RAM, {g.vcpus} vCPU, {_fmt_bytes(g.host_page_bytes)} host"
-            f" pages, {sc.workload.pattern}, {net.bandwidth_bytes_per_s * 8 / 1e9:g} Gbit/s,"
-            f" {'preempt' if net.preempt else 'vanilla'}, locality={sc.migration.locality},"
-            f" seed={sc.seed}",
-        ),
+        ("scenario", sc.describe()),
         ("total time", _fmt_time(s["total_time_s"])),
         ("setup time", _fmt_time(s["setup_time_s"])),
         (
@@ -202,31 +196,54 @@ def _positive_time(text: str) -> float:
     return value
 
 
+FRAME_PLOTS = ("downtime", "metric")
+RESULT_PLOTS = {
+    "latency-cdf": "latency_cdf",
+    "latency-hist": "latency_histogram",
+    "blocktime": "vcpu_blocktime",
+    "timeline": "degradation",
+    "arrivals": "page_arrival_map",
+}
+
+
 def _plot(args: argparse.Namespace) -> int:
-    """``simpostcopy plot downtime FRAME``: a figure from a sweep frame."""
+    """``simpostcopy plot KIND SOURCE...``: a figure from a sweep frame or saved results."""
     import pandas as pd
 
     from simpostcopy import plots
 
     try:
-        frame = (
-            pd.read_csv(args.frame)
-            if str(args.frame).lower().endswith(".csv")
-            else pd.read_parquet(args.frame)
-        )
-    except (OSError, ValueError) as exc:
-        raise CliError(f"cannot read frame {args.frame!r}: {exc}") from None
-    metrics = [m for m in args.metrics.split(",") if m]
-    try:
-        fig = plots.downtime_curve(
-            frame,
-            x=args.x,
-            strategy=args.strategy,
-            metrics=metrics,
-            facet=args.facet,
-            title=args.title,
-            band=args.band,
-        )
+        if args.kind in FRAME_PLOTS:
+            if len(args.sources) != 1:
+                raise CliError(f"plot {args.kind}: give one sweep frame (.parquet or .csv)")
+            path = args.sources[0]
+            try:
+                frame = (
+                    pd.read_csv(path) if path.lower().endswith(".csv") else pd.read_parquet(path)
+                )
+            except (OSError, ValueError) as exc:
+                raise CliError(f"cannot read frame {path!r}: {exc}") from None
+            metrics = [m for m in args.metrics.split(",") if m]
+            fig = plots.metric_curves(
+                frame,
+                args.x,
+                strategy=args.strategy,
+                metrics=metrics,
+                facet=args.facet,
+                title=args.title,
+                band=args.band,
+            )
+        else:
+            results = {Path(d).name: Result.load(d) for d in args.sources}
+            draw = getattr(plots, RESULT_PLOTS[args.kind])
+            if args.kind == "arrivals":
+                if len(results) != 1:
+                    raise CliError("plot arrivals: give one result directory")
+                fig = draw(next(iter(results.values())), title=args.title)
+            else:
+                fig = draw(
+                    results if len(results) > 1 else next(iter(results.values())), title=args.title
+                )
         out = plots.save(fig, args.out)
     except plots.PlotError as exc:
         raise CliError(str(exc)) from None
@@ -352,12 +369,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     plot = sub.add_parser(
         "plot",
-        help="draw a figure from a sweep frame (parquet or CSV)",
-        description="Draw a figure from a sweep frame: one row per run, a column per varied"
-        " setting (dotted key), summary metrics as columns.",
+        help="draw a figure from a sweep frame or from saved results (run --out DIR)",
+        description="Frame figures (downtime, metric) read a sweep frame: one row per run, a"
+        " column per varied setting (dotted key), summary metrics as columns. Result figures"
+        " (latency-cdf, latency-hist, blocktime, timeline, arrivals) read directories written"
+        " by 'simpostcopy run --out DIR'; several directories are compared, named by folder.",
     )
-    plot.add_argument("kind", choices=["downtime"], help="downtime: metrics vs a setting")
-    plot.add_argument("frame", help="sweep frame: .parquet or .csv")
+    plot.add_argument("kind", choices=[*FRAME_PLOTS, *RESULT_PLOTS], help="what to draw")
+    plot.add_argument("sources", nargs="+", help="sweep frame, or result directories")
     plot.add_argument("--x", default="network.bandwidth_bytes_per_s", help="x-axis column")
     plot.add_argument(
         "--strategy", default="migration.switchover", help="one line per value of this column"
@@ -370,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plot.add_argument("--band", choices=["range", "quantiles"], default="range")
     plot.add_argument("--title", help="figure title")
-    plot.add_argument("--out", default="downtime.png", help="output .png, .svg or .pdf")
+    plot.add_argument("--out", default="figure.png", help="output .png, .svg or .pdf")
     plot.set_defaults(func=_plot)
     return parser
 

@@ -478,6 +478,17 @@ class Scenario:
             raise ScenarioError(str(exc), key="fault_path.calibration", value=str(path)) from None
         return self.override(updates)
 
+    def describe(self) -> str:
+        """One line naming the scenario (for tables and figure titles)."""
+        g, net, w = self.guest, self.network, self.workload
+        return (
+            f"{format_bytes(g.ram_bytes)} RAM, {g.vcpus} vCPU, {format_bytes(g.host_page_bytes)}"
+            f" pages, {w.pattern} {format_bytes(w.working_set_bytes)},"
+            f" {net.bandwidth_bytes_per_s * 8 / 1e9:g} Gbit/s,"
+            f" {'preempt' if net.preempt else 'vanilla'}, {self.migration.switchover},"
+            f" locality={self.migration.locality}, seed={self.seed}"
+        )
+
     def hash(self) -> str:
         """Short, process-stable content hash: sha256 of the sorted-key JSON of to_dict()."""
         canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))

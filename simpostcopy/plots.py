@@ -7,7 +7,8 @@ and the summary metrics of ``Result.summary`` (``downtime_s``, ``total_time_s``,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,13 @@ METRIC_LABELS = {
     "remote_faults": "remote faults",
     "total_bytes": "bytes sent (B)",
     "precopy_rounds": "precopy rounds",
+    "latency_p50_s": "median fault latency (s)",
+    "faults_per_ws_page": "remote faults / working-set host pages",
+    "accesses": "guest accesses completed",
+    "read_wait_mean_s": "mean wait for the fault thread (s)",
 }
+# How a page reached the destination, the same colours everywhere.
+VIA_COLOURS = {"background": "#66a61e", "request": "#d95f02", "precopy": "#7570b3"}
 
 
 class PlotError(ValueError):
@@ -85,6 +92,24 @@ def downtime_curve(
     facet: str | None = None,
     title: str | None = None,
     band: str = "range",
+) -> Figure:
+    """Downtime, total time and all-vCPU blocktime against a swept setting, one line per
+    switch-over policy (``metric_curves`` with those defaults)."""
+    return metric_curves(
+        frame, x, strategy=strategy, metrics=metrics, facet=facet, title=title, band=band
+    )
+
+
+def metric_curves(
+    frame: pd.DataFrame,
+    x: str,
+    *,
+    strategy: str,
+    metrics: Sequence[str],
+    facet: str | None = None,
+    title: str | None = None,
+    band: str = "range",
+    logy: bool = False,
 ) -> Figure:
     """Metrics against a swept setting, one line per strategy, bands across seeds.
 
@@ -137,6 +162,8 @@ def downtime_curve(
             values = frame[x].to_numpy(dtype=float)
             if values.min() > 0 and values.max() / values.min() > 10:
                 ax.set_xscale("log")
+            if logy:
+                ax.set_yscale("log")
             ax.set_xlabel(xlabel)
             ax.set_ylabel(METRIC_LABELS.get(metric, metric))
             if facet is not None:
@@ -161,3 +188,179 @@ def save(fig: Figure, path: str | Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=130)
     return out
+
+
+# -- figures of single results -------------------------------------------------------------------
+def _named(results: Any) -> dict[str, Any]:
+    """``{label: Result}`` from one Result, a list of them or a mapping."""
+    if isinstance(results, Mapping):
+        named = dict(results)
+    elif isinstance(results, Sequence) and not isinstance(results, str):
+        named = {r.scenario.describe(): r for r in results}
+    else:
+        named = {"": results}
+    if not named:
+        raise PlotError("no results to plot")
+    return named
+
+
+def _title(named: dict[str, Any], what: str, title: str | None) -> str:
+    if title:
+        return title
+    if len(named) == 1:
+        return f"{what}\n{next(iter(named.values())).scenario.describe()}"
+    return what
+
+
+def latency_cdf(results: Any, *, title: str | None = None, qemu: bool = False) -> Figure:
+    """Cumulative distribution of fault latency, one curve per result (log time axis).
+
+    Latency is the vCPU's: touch to resume; ``qemu=True`` uses QEMU's window instead
+    (fault thread's read to placement, faults whose page was already placed left out).
+    """
+    named = _named(results)
+    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for i, (label, r) in enumerate(named.items()):
+        fa = r.faults
+        lat = (fa["placed_s"] - fa["read_s"]).to_numpy() if qemu else fa["latency_s"].to_numpy()
+        lat = np.sort(lat[lat > 0] if qemu else lat) * 1e6
+        if lat.size == 0:
+            continue
+        y = np.arange(1, lat.size + 1) / lat.size
+        ax.step(
+            lat,
+            y,
+            where="post",
+            color=_FALLBACK[i % len(_FALLBACK)],
+            label=f"{label} ({lat.size:,} faults)" if label else f"{lat.size:,} faults",
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("fault latency (µs), " + ("read → placed (QEMU)" if qemu else "touch → resume"))
+    ax.set_ylabel("fraction of faults ≤ latency")
+    ax.set_ylim(0, 1.01)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.suptitle(_title(named, "Fault latency CDF", title), fontsize=9)
+    return fig
+
+
+def latency_histogram(results: Any, *, title: str | None = None) -> Figure:
+    """Fault latencies in QEMU's power-of-two µs buckets (``postcopy-latency-dist``:
+    bucket N counts faults in [2^N, 2^(N+1)) µs), one bar group per result."""
+    from simpostcopy.result import LATENCY_BUCKETS, _qemu_window
+
+    named = _named(results)
+    fig = Figure(figsize=(7.2, 4.2), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / len(named)
+    buckets = np.arange(LATENCY_BUCKETS)
+    for i, (label, r) in enumerate(named.items()):
+        _, lat = _qemu_window(r.faults)
+        us = np.maximum(lat * 1e6, 1.0)
+        idx = np.clip(np.floor(np.log2(us)).astype(int), 0, LATENCY_BUCKETS - 1)
+        counts = np.bincount(idx, minlength=LATENCY_BUCKETS)
+        ax.bar(
+            buckets + i * width,
+            counts,
+            width=width,
+            color=_FALLBACK[i % len(_FALLBACK)],
+            label=label or None,
+        )
+    ax.set_xticks(buckets[::2] + 0.4 - width / 2)
+    ax.set_xticklabels([_us_text(2**n) for n in buckets[::2]], rotation=45, fontsize=7)
+    ax.set_xlabel("QEMU latency bucket: read → placed, lower edge (2^N µs)")
+    ax.set_ylabel("faults")
+    ax.grid(True, axis="y", alpha=0.3)
+    if len(named) > 1:
+        ax.legend(fontsize=7)
+    fig.suptitle(_title(named, "postcopy-latency-dist", title), fontsize=9)
+    return fig
+
+
+def _us_text(us: float) -> str:
+    if us >= 1e6:
+        return f"{us / 1e6:g} s"
+    if us >= 1e3:
+        return f"{us / 1e3:g} ms"
+    return f"{us:g} µs"
+
+
+def vcpu_blocktime(results: Any, *, title: str | None = None) -> Figure:
+    """Per-vCPU time blocked on faults (touch → resume), one bar group per result."""
+    named = _named(results)
+    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / len(named)
+    for i, (label, r) in enumerate(named.items()):
+        vc = r.vcpus
+        ax.bar(
+            vc["vcpu"] + i * width,
+            vc["blocked_s"],
+            width=width,
+            color=_FALLBACK[i % len(_FALLBACK)],
+            label=label or None,
+        )
+    ax.set_xticks(range(max(len(r.vcpus) for r in named.values())))
+    ax.set_xlabel("vCPU")
+    ax.set_ylabel("time blocked on faults (s)")
+    ax.grid(True, axis="y", alpha=0.3)
+    if len(named) > 1:
+        ax.legend(fontsize=7)
+    fig.suptitle(_title(named, "Per-vCPU blocktime", title), fontsize=9)
+    return fig
+
+
+def degradation(results: Any, *, title: str | None = None) -> Figure:
+    """The degradation curve: share of vCPU time running per timeline window, over the
+    whole migration, with the switch-over and the destination's start marked."""
+    named = _named(results)
+    fig = Figure(figsize=(7.2, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for i, (label, r) in enumerate(named.items()):
+        tl, c = r.timeline, _FALLBACK[i % len(_FALLBACK)]
+        ax.step(
+            tl["window_start_s"],
+            tl["running_fraction"],
+            where="post",
+            color=c,
+            label=label or "running fraction",
+        )
+        ax.axvline(r.summary["switchover_time_s"], color=c, ls="--", lw=0.8)
+        ax.axvline(r.summary["total_time_s"], color=c, ls=":", lw=0.8)
+    ax.set_xlabel("time since migration start (s); dashed: switch-over, dotted: end")
+    ax.set_ylabel("fraction of vCPU time running")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.suptitle(_title(named, "Degradation over the migration", title), fontsize=9)
+    return fig
+
+
+def page_arrival_map(result: Any, *, title: str | None = None, max_points: int = 200_000) -> Figure:
+    """Host page against the time it was placed, coloured by how it came (background push,
+    request, precopy).  Large guests are thinned to ``max_points`` pages (every k-th)."""
+    pages = result.pages
+    step = max(1, math.ceil(len(pages) / max_points))
+    shown = pages.iloc[::step]
+    fig = Figure(figsize=(7.2, 4.8), layout="constrained")
+    ax = fig.subplots()
+    for via, colour_ in VIA_COLOURS.items():
+        part = shown[shown["via"] == via]
+        if len(part):
+            ax.scatter(
+                part["placed_s"],
+                part["host_page"],
+                s=1.5,
+                color=colour_,
+                label=f"{via} ({int((pages['via'] == via).sum()):,} pages)",
+                linewidths=0,
+                rasterized=True,
+            )
+    ax.set_xlabel("time placed on the destination (s)")
+    ax.set_ylabel("host page")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, markerscale=6)
+    what = "Page arrivals" + (f" (every {step}th page)" if step > 1 else "")
+    fig.suptitle(title or f"{what}\n{result.scenario.describe()}", fontsize=9)
+    return fig

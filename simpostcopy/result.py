@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from simpostcopy.config import TARGET_PAGE_BYTES, FaultPath, Network, Scenario
+from simpostcopy.config import TARGET_PAGE_BYTES, FaultPath, Network, Scenario, ScenarioError
 from simpostcopy.models.ledger import (
     TIE_S,
     VIA_BACKGROUND,
@@ -257,6 +257,26 @@ class Result:
             ],
             "postcopy-latency-dist": _latency_dist(lat),
         }
+
+    @classmethod
+    def load(cls, out_dir: str | Path) -> Result:
+        """A Result saved by ``save`` (or ``simpostcopy run --out DIR``)."""
+        d = Path(out_dir)
+        try:
+            summary = json.loads((d / "summary.json").read_text())
+            tables = {
+                name: pd.read_parquet(d / f"{name}.parquet")
+                for name in ("faults", "vcpus", "timeline", "pages")
+            }
+            rounds_path = d / "rounds.parquet"
+            rounds = pd.read_parquet(rounds_path) if rounds_path.exists() else pd.DataFrame()
+        except (OSError, ValueError) as exc:
+            raise ScenarioError(
+                f"cannot read a saved result from '{d}': {exc}", key="result", value=str(d)
+            ) from None
+        summary = {k: (math.nan if v is None else v) for k, v in summary.items()}
+        scenario = Scenario.from_toml(d / "scenario.toml")
+        return cls(scenario, summary=summary, rounds=rounds, **tables)
 
     def summary_json(self) -> str:
         """The summary as JSON (NaN written as null)."""

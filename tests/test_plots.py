@@ -104,3 +104,84 @@ def test_downtime_experiment_quick(tmp_path):
     assert slow_dirty.loc["precopy", "downtime_s"] > 10 * slow_dirty.loc["postcopy", "downtime_s"]
     assert slow_dirty.loc["precopy", "blocktime_s"] == 0
     assert slow_dirty.loc["postcopy", "blocktime_s"] > 0
+
+
+@pytest.fixture(scope="module")
+def small_results():
+    from simpostcopy.config import Scenario
+    from simpostcopy.engine import simulate
+
+    base = {
+        "guest.ram_bytes": 32 * 2**20,
+        "workload.working_set_bytes": 16 * 2**20,
+        "workload.pattern": "uniform",
+    }
+    return {
+        "vanilla": simulate(Scenario().override(base)),
+        "preempt": simulate(Scenario().override({**base, "network.preempt": True})),
+    }
+
+
+@pytest.mark.parametrize(
+    ("draw", "xlabel", "ylabel"),
+    [
+        (plots.latency_cdf, "fault latency (µs), touch → resume", "fraction of faults ≤ latency"),
+        (
+            plots.latency_histogram,
+            "QEMU latency bucket: read → placed, lower edge (2^N µs)",
+            "faults",
+        ),
+        (plots.vcpu_blocktime, "vCPU", "time blocked on faults (s)"),
+        (
+            plots.degradation,
+            "time since migration start (s); dashed: switch-over, dotted: end",
+            "fraction of vCPU time running",
+        ),
+    ],
+)
+def test_result_figures_have_their_axes(small_results, tmp_path, draw, xlabel, ylabel):
+    for results in (small_results, small_results["preempt"]):
+        fig = draw(results)
+        ax = fig.axes[0]
+        assert (ax.get_xlabel(), ax.get_ylabel()) == (xlabel, ylabel)
+        assert plots.save(fig, tmp_path / "f.png").stat().st_size > 1000
+    # One result: the title names its scenario.
+    assert (
+        small_results["preempt"].scenario.describe()
+        in draw(small_results["preempt"]).get_suptitle()
+    )
+
+
+def test_latency_histogram_counts_every_fault_in_qemus_window(small_results):
+    r = small_results["preempt"]
+    fig = plots.latency_histogram(r)
+    heights = [p.get_height() for p in fig.axes[0].patches]
+    assert sum(heights) == sum(r.to_qemu()["postcopy-latency-dist"])
+    assert heights == r.to_qemu()["postcopy-latency-dist"]
+
+
+def test_page_arrival_map_colours_by_how_pages_came(small_results, tmp_path):
+    r = small_results["preempt"]
+    fig = plots.page_arrival_map(r)
+    ax = fig.axes[0]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("time placed on the destination (s)", "host page")
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels[0].startswith("background (") and labels[1].startswith("request (")
+    shown = sum(len(c.get_offsets()) for c in ax.collections)
+    assert shown == len(r.pages)
+    thin = plots.page_arrival_map(r, max_points=1000)
+    assert sum(len(c.get_offsets()) for c in thin.axes[0].collections) <= 1000
+    plots.save(fig, tmp_path / "m.svg")
+
+
+def test_cli_plots_saved_results(small_results, tmp_path):
+    dirs = []
+    for name, r in small_results.items():
+        dirs.append(str(r.save(tmp_path / name)))
+    for kind in ("latency-cdf", "latency-hist", "blocktime", "timeline"):
+        out = tmp_path / f"{kind}.pdf"
+        assert main(["plot", kind, *dirs, "--out", str(out)]) == 0
+        assert out.stat().st_size > 1000
+    assert main(["plot", "arrivals", dirs[0], "--out", str(tmp_path / "a.png")]) == 0
+    assert main(["plot", "arrivals", *dirs]) == 2
+    assert main(["plot", "timeline", str(tmp_path / "nothing")]) == 2
