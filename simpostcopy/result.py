@@ -183,6 +183,10 @@ class Result:
             "latency_mean_s": float(lat.mean()) if lat.size else math.nan,
             "latency_p50_s": float(np.percentile(lat, 50)) if lat.size else math.nan,
             "latency_p99_s": float(np.percentile(lat, 99)) if lat.size else math.nan,
+            # How long uffd messages waited for the single fault thread to read them.
+            "read_wait_mean_s": float((fa["read_s"] - fa["delivered_s"]).mean())
+            if len(fa)
+            else math.nan,
             "fault_path_source": _fault_path_source(scenario),
             "seed": scenario.seed,
             "scenario_hash": scenario.hash(),
@@ -361,6 +365,7 @@ def _fault_frame(faults: list[Fault], pages: Pages) -> pd.DataFrame:
         "target_page",
         "host_page",
         "fault_s",
+        "delivered_s",
         "read_s",
         "request_sent_s",
         "request_at_source_s",

@@ -127,6 +127,7 @@ class Destination:
 
     def _deliver(self, f: Fault) -> None:
         """The uffd message of ``f`` becomes readable."""
+        f.delivered_s = self.env.now
         heapq.heappush(self._inbox, (self.env.now, f.vcpu, f.fault_id, f))
         if not self._readable.triggered:
             self._readable.succeed()

@@ -57,6 +57,7 @@ class Fault:
     target_page: int
     host_page: int
     fault_s: float
+    delivered_s: float = np.nan  # the uffd message became readable
     read_s: float = np.nan
     request_sent_s: float = np.nan
     request_at_source_s: float = np.nan
