@@ -364,3 +364,80 @@ def page_arrival_map(result: Any, *, title: str | None = None, max_points: int =
     what = "Page arrivals" + (f" (every {step}th page)" if step > 1 else "")
     fig.suptitle(title or f"{what}\n{result.scenario.describe()}", fontsize=9)
     return fig
+
+
+def metric_bars(
+    frame: pd.DataFrame,
+    category: str,
+    metric: str,
+    *,
+    hue: str | None = None,
+    title: str | None = None,
+) -> Figure:
+    """One bar per value of ``category`` (grouped by ``hue``): the median of ``metric``
+    over seeds, with the min-max range as an error bar."""
+    _require(frame, [category, metric, *([hue] if hue else [])])
+    cats = list(dict.fromkeys(frame[category]))
+    hues = list(dict.fromkeys(frame[hue])) if hue else [None]
+    fig = Figure(figsize=(max(6.4, 1.1 * len(cats) * len(hues)), 4.2), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / len(hues)
+    for i, h in enumerate(hues):
+        part = frame if h is None else frame[frame[hue] == h]
+        g = part.groupby(category, sort=False)[metric]
+        med = g.median().reindex(cats)
+        lo, hi = g.min().reindex(cats), g.max().reindex(cats)
+        xs = np.arange(len(cats)) + i * width
+        ax.bar(
+            xs,
+            med,
+            width=width,
+            color=_FALLBACK[i % len(_FALLBACK)],
+            label=None if h is None else f"{hue} = {h}",
+        )
+        ax.errorbar(xs, med, yerr=[med - lo, hi - med], fmt="none", ecolor="black", lw=0.8)
+    ax.set_xticks(np.arange(len(cats)) + 0.4 - width / 2)
+    ax.set_xticklabels([str(c) for c in cats], fontsize=8)
+    ax.set_xlabel(category)
+    ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+    ax.grid(True, axis="y", alpha=0.3)
+    if hue:
+        ax.legend(fontsize=7)
+    fig.suptitle(title or f"{METRIC_LABELS.get(metric, metric)} by {category}", fontsize=9)
+    return fig
+
+
+def metric_scatter(
+    frame: pd.DataFrame,
+    x: str,
+    y: str,
+    *,
+    strategy: str | None = None,
+    logx: bool = True,
+    logy: bool = True,
+    title: str | None = None,
+) -> Figure:
+    """Every run as a point of ``y`` against ``x`` (two metrics), coloured by strategy."""
+    _require(frame, [x, y, *([strategy] if strategy else [])])
+    fig = Figure(figsize=(6.4, 4.4), layout="constrained")
+    ax = fig.subplots()
+    groups = frame.groupby(strategy, sort=False) if strategy else [(None, frame)]
+    for i, (name, part) in enumerate(groups):
+        ax.scatter(
+            part[x],
+            part[y],
+            s=14,
+            color=colour(name, i),
+            label=None if name is None else f"{strategy} = {name}",
+        )
+    if logx:
+        ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(METRIC_LABELS.get(x, x))
+    ax.set_ylabel(METRIC_LABELS.get(y, y))
+    ax.grid(True, which="both", alpha=0.3)
+    if strategy:
+        ax.legend(fontsize=7)
+    fig.suptitle(title or f"{METRIC_LABELS.get(y, y)} vs {METRIC_LABELS.get(x, x)}", fontsize=9)
+    return fig
