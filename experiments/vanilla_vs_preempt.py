@@ -46,7 +46,8 @@ def study(args: argparse.Namespace) -> None:
         metrics=["latency_mean_s", "latency_p99_s", "remote_faults", "blocktime_s"],
         facet="workload.pattern",
         logy=True,
-        title=f"Vanilla vs preempt: {base.describe()} (pattern and bandwidth varied)",
+        title=f"Vanilla vs preempt, {len(sweep.seeds)} seeds: {base.describe()}"
+        " (varied: bandwidth, pattern, preempt)",
     )
     save({"vanilla_vs_preempt": fig}, args)
     at10 = df[(df["network.bandwidth_bytes_per_s"] == 1.25e9)]

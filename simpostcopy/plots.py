@@ -379,7 +379,8 @@ def metric_bars(
     _require(frame, [category, metric, *([hue] if hue else [])])
     cats = list(dict.fromkeys(frame[category]))
     hues = list(dict.fromkeys(frame[hue])) if hue else [None]
-    fig = Figure(figsize=(max(6.4, 1.1 * len(cats) * len(hues)), 4.2), layout="constrained")
+    width_in = min(11.0, max(6.4, 2.0 + 0.45 * len(cats) * len(hues)))
+    fig = Figure(figsize=(width_in, 4.2), layout="constrained")
     ax = fig.subplots()
     width = 0.8 / len(hues)
     for i, h in enumerate(hues):

@@ -14,6 +14,7 @@ part of the scenario), so changing a factor never mixes old and new results.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import os
 import time
@@ -37,6 +38,7 @@ from simpostcopy.config import (
     setting_kind,
     setting_value,
 )
+from simpostcopy.distributions import Dist
 from simpostcopy.engine import ENGINES, simulate
 from simpostcopy.rng import stream
 
@@ -211,8 +213,16 @@ class Sweep:
                 scenario = self.base.override(raw)
             except ScenarioError as exc:
                 raise SweepError(f"point {i} {raw}: {exc}", key=exc.key, value=exc.value) from None
-            values = {k: setting_value(scenario, k) for k in keys}
+            values = {k: _plain(setting_value(scenario, k)) for k in keys}
             points.append(Point(i, values, scenario))
+        # One type per column: a distribution factor that is not constant everywhere is
+        # text everywhere.
+        for k in keys:
+            if any(isinstance(p.values[k], str) for p in points) and setting_kind(k) == "dist":
+                for p in points:
+                    p.values[k] = (
+                        json.dumps(p.values[k]) if isinstance(p.values[k], float) else p.values[k]
+                    )
         return points
 
     def _sample(self, keys: list[str]) -> list[tuple[Any, ...]]:
@@ -243,6 +253,15 @@ class Sweep:
             for p in self.expand()
             for seed in self.seeds
         ]
+
+
+def _plain(value: Any) -> Any:
+    """A factor value a table column can hold: a distribution as its number (a constant)
+    or its JSON text."""
+    if isinstance(value, Dist):
+        plain = value.to_value()
+        return plain if isinstance(plain, float) else json.dumps(plain, sort_keys=True)
+    return value
 
 
 def _fail(key: str, value: Any, problem: str) -> None:

@@ -347,3 +347,21 @@ def test_an_existing_dask_cluster_by_its_address(tmp_path):
     ) as cluster:
         remote = run(sw, scheduler=cluster.scheduler_address)
     _same_rows(run(sw, jobs=1), remote)
+
+
+def test_distribution_factors_become_plain_columns(tmp_path):
+    sw = Sweep(
+        base=Scenario().override(
+            {"guest.ram_bytes": 8 << 20, "workload.working_set_bytes": 4 << 20}
+        ),
+        factors={
+            "fault_path.request_s": ["10 us", {"dist": "lognormal", "median": 1e-5, "sigma": 0.5}]
+        },
+    )
+    frame = run(sw, tmp_path / "r.parquet", jobs=1)
+    assert list(frame["fault_path.request_s"]) == [
+        "1e-05",
+        '{"dist": "lognormal", "median": 1e-05, "sigma": 0.5}',
+    ]
+    constant = Sweep(base=sw.base, factors={"fault_path.request_s": ["10 us", "20 us"]})
+    assert [p.values["fault_path.request_s"] for p in constant.expand()] == [1e-5, 2e-5]
