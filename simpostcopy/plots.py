@@ -8,6 +8,7 @@ and the summary metrics of ``Result.summary`` (``downtime_s``, ``total_time_s``,
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -171,13 +172,21 @@ def metric_curves(
             ax.grid(True, alpha=0.3)
     axes[0][0].legend(title=strategy, fontsize=8, title_fontsize=8)
     seeds = frame["seed"].nunique() if "seed" in frame.columns else 1
-    fig.suptitle(
+    _suptitle(
+        fig,
         title
         or f"{', '.join(METRIC_LABELS.get(m, m) for m in metrics)} vs {x}"
         f" (median; band: {'min-max' if band == 'range' else '10-90 %'} over {seeds} seeds)",
         fontsize=10,
     )
     return fig
+
+
+def _suptitle(fig: Figure, text: str, fontsize: float = 9) -> None:
+    """A figure title wrapped to the figure's width."""
+    width = int(fig.get_figwidth() * 120 / fontsize)
+    lines = [textwrap.fill(line, width) for line in text.split("\n")]
+    fig.suptitle("\n".join(lines), fontsize=fontsize)
 
 
 def save(fig: Figure, path: str | Path) -> Path:
@@ -241,7 +250,7 @@ def latency_cdf(results: Any, *, title: str | None = None, qemu: bool = False) -
     ax.set_ylim(0, 1.01)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
-    fig.suptitle(_title(named, "Fault latency CDF", title), fontsize=9)
+    _suptitle(fig, _title(named, "Fault latency CDF", title), fontsize=9)
     return fig
 
 
@@ -274,7 +283,7 @@ def latency_histogram(results: Any, *, title: str | None = None) -> Figure:
     ax.grid(True, axis="y", alpha=0.3)
     if len(named) > 1:
         ax.legend(fontsize=7)
-    fig.suptitle(_title(named, "postcopy-latency-dist", title), fontsize=9)
+    _suptitle(fig, _title(named, "postcopy-latency-dist", title), fontsize=9)
     return fig
 
 
@@ -307,7 +316,7 @@ def vcpu_blocktime(results: Any, *, title: str | None = None) -> Figure:
     ax.grid(True, axis="y", alpha=0.3)
     if len(named) > 1:
         ax.legend(fontsize=7)
-    fig.suptitle(_title(named, "Per-vCPU blocktime", title), fontsize=9)
+    _suptitle(fig, _title(named, "Per-vCPU blocktime", title), fontsize=9)
     return fig
 
 
@@ -333,7 +342,7 @@ def degradation(results: Any, *, title: str | None = None) -> Figure:
     ax.set_ylim(-0.02, 1.02)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7)
-    fig.suptitle(_title(named, "Degradation over the migration", title), fontsize=9)
+    _suptitle(fig, _title(named, "Degradation over the migration", title), fontsize=9)
     return fig
 
 
@@ -362,7 +371,7 @@ def page_arrival_map(result: Any, *, title: str | None = None, max_points: int =
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, markerscale=6)
     what = "Page arrivals" + (f" (every {step}th page)" if step > 1 else "")
-    fig.suptitle(title or f"{what}\n{result.scenario.describe()}", fontsize=9)
+    _suptitle(fig, title or f"{what}\n{result.scenario.describe()}", fontsize=9)
     return fig
 
 
@@ -404,7 +413,7 @@ def metric_bars(
     ax.grid(True, axis="y", alpha=0.3)
     if hue:
         ax.legend(fontsize=7)
-    fig.suptitle(title or f"{METRIC_LABELS.get(metric, metric)} by {category}", fontsize=9)
+    _suptitle(fig, title or f"{METRIC_LABELS.get(metric, metric)} by {category}", fontsize=9)
     return fig
 
 
@@ -440,5 +449,5 @@ def metric_scatter(
     ax.grid(True, which="both", alpha=0.3)
     if strategy:
         ax.legend(fontsize=7)
-    fig.suptitle(title or f"{METRIC_LABELS.get(y, y)} vs {METRIC_LABELS.get(x, x)}", fontsize=9)
+    _suptitle(fig, title or f"{METRIC_LABELS.get(y, y)} vs {METRIC_LABELS.get(x, x)}", fontsize=9)
     return fig

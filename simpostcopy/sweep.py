@@ -455,6 +455,13 @@ def run(
     saved = store.load() if store else pd.DataFrame()
     if len(saved):
         saved = saved[saved["scenario_hash"].isin(wanted)].drop_duplicates("scenario_hash")
+        # A saved run may come from an earlier version of the sweep (same scenario, other
+        # factors or numbering): take its point, seed and factor values from this one.
+        design = pd.DataFrame(
+            [{"scenario_hash": r.key, "point": r.point, "seed": r.seed, **r.values} for r in runs]
+        )
+        stale = [c for c in design.columns if c != "scenario_hash" and c in saved.columns]
+        saved = saved.drop(columns=stale).merge(design, on="scenario_hash", how="left")
     done = set(saved["scenario_hash"]) if len(saved) else set()
     todo = [r for r in runs if r.key not in done]
 
@@ -484,6 +491,8 @@ def run(
         bar(None)
     frame = pd.concat([saved, _frame(rows)], ignore_index=True) if len(saved) else _frame(rows)
     frame = frame.sort_values(["point", "seed"], kind="stable", ignore_index=True)
+    lead = ["point", "seed", *sweep.factors]
+    frame = frame[lead + [c for c in frame.columns if c not in lead]]
     if out_path is not None:
         _atomic_parquet(frame, out_path)
     return frame

@@ -365,3 +365,19 @@ def test_distribution_factors_become_plain_columns(tmp_path):
     ]
     constant = Sweep(base=sw.base, factors={"fault_path.request_s": ["10 us", "20 us"]})
     assert [p.values["fault_path.request_s"] for p in constant.expand()] == [1e-5, 2e-5]
+
+
+def test_saved_runs_take_their_factors_from_the_current_sweep(tmp_path):
+    # Run a one-factor sweep, then add a factor whose first value is the base's: those
+    # runs are reused, and their rows gain the new column and the new point numbers.
+    out = tmp_path / "r.parquet"
+    base = Scenario().override({"guest.ram_bytes": 8 << 20, "workload.working_set_bytes": 4 << 20})
+    run(Sweep(base=base, factors={"guest.vcpus": [1, 2]}), out, jobs=1)
+    wider = Sweep(
+        base=base,
+        factors={"network.preempt": [True, False], "guest.vcpus": [1, 2]},
+    )
+    frame = run(wider, out, jobs=1)
+    fresh = run(wider, jobs=1)
+    _same_rows(frame, fresh)
+    assert list(frame.columns[:4]) == ["point", "seed", "network.preempt", "guest.vcpus"]
