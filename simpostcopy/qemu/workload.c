@@ -1,0 +1,71 @@
+/* The test guest's workload: touches memory and reports on the serial console.
+ *
+ *   workload idle
+ *   workload seq  MIB        sequential sweep writing every 4 KiB page of MIB MiB
+ *   workload rand MIB HOTMIB random 4 KiB writes over the first HOTMIB MiB of MIB MiB
+ *
+ * It first writes every page once (so all of it must be migrated), then loops, and every
+ * 200 ms prints one line:
+ *   wl t=<s> touches=<n> rate=<touches/s over the interval> max_stall_us=<longest gap
+ *   between two consecutive touches so far> interval_stall_us=<longest in the interval>
+ * A postcopy fault shows up as a stall: the guest blocks until the page arrives.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PAGE 4096
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+int main(int argc, char **argv) {
+    const char *mode = argc > 1 ? argv[1] : "idle";
+    size_t mib = argc > 2 ? strtoul(argv[2], NULL, 10) : 0;
+    size_t hot = argc > 3 ? strtoul(argv[3], NULL, 10) : mib;
+    if (hot > mib) hot = mib;
+    size_t pages = mib * 1024 * 1024 / PAGE, hot_pages = hot * 1024 * 1024 / PAGE;
+    unsigned char *buf = NULL;
+    if (pages) {
+        buf = malloc(pages * PAGE);
+        if (!buf) { printf("wl error: cannot allocate %zu MiB\n", mib); fflush(stdout); return 1; }
+        for (size_t i = 0; i < pages; i++) buf[i * PAGE] = (unsigned char)i;
+    }
+    printf("wl start mode=%s mib=%zu hot_mib=%zu\n", mode, mib, hot);
+    fflush(stdout);
+    uint64_t x = 88172645463325252ULL, touches = 0, last_touches = 0;
+    double start = now(), last = start, report = start + 0.2, max_stall = 0, int_stall = 0;
+    size_t i = 0;
+    for (;;) {
+        if (!strcmp(mode, "seq") && pages) {
+            buf[i * PAGE] += 1;
+            i = (i + 1) % pages;
+        } else if (!strcmp(mode, "rand") && hot_pages) {
+            x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+            buf[(x % hot_pages) * PAGE] += 1;
+        } else {
+            usleep(1000);
+        }
+        touches++;
+        double t = now(), gap = t - last;
+        last = t;
+        if (gap > max_stall) max_stall = gap;
+        if (gap > int_stall) int_stall = gap;
+        if (t >= report) {
+            printf("wl t=%.3f touches=%llu rate=%.0f max_stall_us=%.0f interval_stall_us=%.0f\n",
+                   t - start, (unsigned long long)touches,
+                   (touches - last_touches) / (t - report + 0.2), max_stall * 1e6, int_stall * 1e6);
+            fflush(stdout);
+            last_touches = touches;
+            int_stall = 0;
+            report = t + 0.2;
+            last = now(); /* printing is not a stall of the workload */
+        }
+    }
+}
