@@ -1,0 +1,214 @@
+"""Real QEMU runs: the importer's exact mapping, the QMP client's error paths against a
+fake monitor, and one real postcopy migration where QEMU is installed."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from simpostcopy.cli import main
+from simpostcopy.qemu import importer
+from simpostcopy.qemu.errors import QemuError
+from simpostcopy.qemu.guest import APT_PACKAGES
+from simpostcopy.qemu.harness import RunRecord, RunSpec, drive
+from simpostcopy.qemu.qmp import Qmp, QmpError
+
+REAL = Path(__file__).parent / "data" / "qemu_run_tcg_256mib.json"
+
+
+# -- importer -------------------------------------------------------------------------------------
+def test_importer_maps_a_real_run_exactly():
+    s = importer.summary(importer.load(REAL))
+    assert s["total_time_s"] == 0.236 and s["setup_time_s"] == 0.001
+    assert s["downtime_s"] == 0.002
+    assert s["postcopy_requests"] == 24
+    assert (s["precopy_bytes"], s["downtime_bytes"], s["postcopy_bytes"]) == (
+        26845152,
+        0,
+        173071343,
+    )
+    assert s["total_bytes"] == 199916495
+    assert s["precopy_rounds"] == 1  # dirty-sync-count 2: one round, then the stop's sync
+    assert s["blocktime_s"] == 0.099 and s["vcpu_blocktime_s"] == [0.099]
+    assert math.isnan(s["latency_mean_s"])  # QEMU 7.2 has no postcopy-latency
+    assert s["switchover_time_s"] == pytest.approx(0.10246610641479492)
+    assert s["guest_longest_stall_s"] == 0.059793
+
+
+def test_importer_reads_a_plain_query_migrate_reply(tmp_path):
+    record = json.loads(REAL.read_text())
+    reply = tmp_path / "reply.json"
+    reply.write_text(json.dumps({"return": record["source"]}))
+    s = importer.summary(importer.load(reply))
+    assert s["total_time_s"] == 0.236 and math.isnan(s["blocktime_s"])
+    assert s["vcpu_blocktime_s"] == [] and math.isnan(s["switchover_time_s"])
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("not json", "cannot read migration record"),
+        ("[1, 2]", "expected a JSON object"),
+        ('{"foo": 1}', "neither a query-migrate reply nor a run record"),
+        ('{"status": "active", "ram": {}}', "did not complete"),
+    ],
+)
+def test_importer_errors(tmp_path, content, message, capsys):
+    path = tmp_path / "r.json"
+    path.write_text(content)
+    with pytest.raises(QemuError, match=message):
+        importer.summary(importer.load(path))
+    assert main(["qemu", "import", str(path)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_import_json(capsys):
+    assert main(["qemu", "import", str(REAL), "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["postcopy_requests"] == 24 and row["record"] == str(REAL)
+
+
+# -- QMP against a fake monitor -------------------------------------------------------------------
+class FakeQmp:
+    """A scripted QMP server: ``answers`` maps a command to its reply (a dict, or "close"
+    to drop the connection as a dying QEMU would)."""
+
+    def __init__(self, path: Path, answers: dict) -> None:
+        self.path, self.answers, self.commands = str(path), answers, []
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.server.bind(self.path)
+        self.server.listen(1)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.server.accept()
+        conn.sendall(b'{"QMP": {"version": {"qemu": {"major": 7}}, "capabilities": []}}\n')
+        buf = b""
+        while True:
+            data = conn.recv(65536)
+            if not data:
+                break
+            buf += data
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                msg = json.loads(line)
+                self.commands.append(msg["execute"])
+                answer = self.answers.get(msg["execute"], {"return": {}})
+                if answer == "close":
+                    conn.close()
+                    return
+                conn.sendall(json.dumps({**answer, "id": msg["id"]}).encode() + b"\n")
+        conn.close()
+
+
+def _pair(tmp_path: Path, src_answers: dict, dst_answers: dict | None = None):
+    src = FakeQmp(tmp_path / "src.qmp", src_answers)
+    dst = FakeQmp(tmp_path / "dst.qmp", dst_answers or {})
+    return (
+        src,
+        Qmp(src.path, name="source", timeout_s=5),
+        Qmp(dst.path, name="destination", timeout_s=5),
+    )
+
+
+def _record() -> RunRecord:
+    return RunRecord(spec={}, accel="tcg", qemu_version={}, source={}, destination={})
+
+
+SPEC = RunSpec(ram_mib=64, migrate_timeout_s=5, poll_s=0.01)
+
+
+def test_a_refused_capability_names_qemus_reason(tmp_path):
+    refused = {"error": {"class": "GenericError", "desc": "Postcopy is not supported"}}
+    _, src, dst = _pair(tmp_path, {"migrate-set-capabilities": refused})
+    with pytest.raises(
+        QmpError, match="source: migrate-set-capabilities failed: Postcopy is not supported"
+    ):
+        drive(src, dst, SPEC, _record())
+
+
+def test_a_failed_migration_is_reported_with_its_reason(tmp_path):
+    failed = {"return": {"status": "failed", "error-desc": "Unable to write to socket"}}
+    fake, src, dst = _pair(tmp_path, {"query-migrate": failed})
+    with pytest.raises(
+        QemuError, match="migration failed on the source: Unable to write to socket"
+    ):
+        drive(src, dst, SPEC, _record())
+    assert fake.commands[:4] == [
+        "qmp_capabilities",
+        "migrate-set-capabilities",
+        "migrate-set-parameters",
+        "migrate",
+    ]
+
+
+def test_a_dying_qemu_is_an_error_not_a_hang(tmp_path):
+    _, src, dst = _pair(tmp_path, {"migrate": "close"})
+    with pytest.raises(QmpError, match="source: QEMU closed its QMP socket"):
+        drive(src, dst, SPEC, _record())
+
+
+def test_a_migration_that_never_completes_times_out(tmp_path):
+    _, src, dst = _pair(
+        tmp_path,
+        {
+            "query-migrate": {"return": {"status": "active"}},
+            "migrate-start-postcopy": {"return": {}},
+        },
+    )
+    spec = RunSpec(ram_mib=64, migrate_timeout_s=0.3, poll_s=0.01)
+    with pytest.raises(QemuError, match="not completed within 0 s"):
+        drive(src, dst, spec, _record())
+
+
+def test_bad_run_settings_are_clear_errors():
+    with pytest.raises(QemuError, match="workload: invalid value 'sweep'"):
+        RunSpec(workload="sweep")
+    with pytest.raises(QemuError, match="accel: invalid value 'hvf'"):
+        RunSpec(accel="hvf")
+
+
+# -- one real migration ---------------------------------------------------------------------------
+def _qemu_available() -> str | None:
+    missing = [b for b in ("qemu-system-x86_64", "busybox", "gcc") if shutil.which(b) is None]
+    if missing:
+        return f"{', '.join(missing)} not installed: apt-get install {APT_PACKAGES}"
+    if not list(Path("/boot").glob("vmlinuz-*")):
+        return "no kernel under /boot: apt-get install linux-image-amd64"
+    return None
+
+
+def test_a_real_postcopy_migration(tmp_path):
+    reason = _qemu_available()
+    if reason:
+        pytest.skip(reason)
+    from simpostcopy.qemu import guest, harness
+
+    image = guest.build(tmp_path / "guest")
+    spec = RunSpec(
+        ram_mib=256,  # the kernel and the unpacked initramfs need ~100 MiB of it
+        workload="rand,64,16",
+        max_bandwidth_bytes_per_s=64 << 20,
+        accel="tcg",
+        boot_timeout_s=120,
+        migrate_timeout_s=120,
+    )
+    record = harness.run(spec, tmp_path / "run.json", image=image)
+    assert record.source["status"] == record.destination["status"] == "completed"
+    assert record.guest["destination_lines"] >= 2  # the guest ran on after the migration
+    s = importer.summary(importer.load(tmp_path / "run.json"))
+    assert s["postcopy_bytes"] > 0 and s["total_bytes"] > 64 << 20
+    assert 0 < s["switchover_time_s"] < s["total_time_s"]
+    statuses = [
+        e["data"]["status"]
+        for e in record.events
+        if e["side"] == "source" and e["event"] == "MIGRATION"
+    ]
+    assert statuses[0] == "setup" and "postcopy-active" in statuses and statuses[-1] == "completed"
