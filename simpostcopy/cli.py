@@ -312,6 +312,63 @@ def _qemu(args: argparse.Namespace) -> int:
     return 0
 
 
+def _records(paths: Sequence[str]) -> dict[str, Any]:
+    from simpostcopy.qemu import importer
+
+    return {Path(p).stem: importer.load(p) for p in paths}
+
+
+def _compare(args: argparse.Namespace) -> int:
+    """``simpostcopy compare REAL... [--scenario S.toml]``: simulation beside reality."""
+    from simpostcopy import plots
+    from simpostcopy.qemu import compare
+    from simpostcopy.qemu.errors import QemuError
+
+    base = Scenario.from_toml(args.scenario) if args.scenario else None
+    try:
+        table = compare.compare(_records(args.records), base)
+    except QemuError as exc:
+        raise CliError(str(exc)) from None
+    if args.json:
+        print(table.to_json(orient="records"))
+    else:
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+        errors = table.groupby("metric", sort=False)["relative_error"]
+        print("\nmedian |relative error| per metric:")
+        print(errors.apply(lambda e: e.abs().median()).to_string(float_format=lambda v: f"{v:.1%}"))
+    if args.out:
+        print(plots.save(plots.real_vs_simulated(table), args.out))
+    return 0
+
+
+def _fit(args: argparse.Namespace) -> int:
+    """``simpostcopy fit REAL... --params a,b``: fit settings to real runs."""
+    from simpostcopy.qemu import compare
+    from simpostcopy.qemu.errors import QemuError
+
+    base = Scenario.from_toml(args.scenario) if args.scenario else Scenario()
+    keys = [k for k in args.params.split(",") if k]
+    if not keys:
+        raise CliError("--params: give at least one dotted setting key")
+    try:
+        result = compare.fit(
+            list(_records(args.records).values()),
+            keys,
+            base,
+            rounds=args.rounds,
+            progress=lambda m: print(m, flush=True),
+        )
+    except QemuError as exc:
+        raise CliError(str(exc)) from None
+    for key in keys:
+        print(f"{key} = {result.params[key]:.6g} +- {result.stderr[key]:.2g}")
+    print(f"loss {result.loss:.4g} after {result.evaluations} evaluations")
+    fitted = base.override(result.params)
+    Path(args.out).write_text(fitted.to_toml())
+    print(f"calibrated scenario -> {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="simpostcopy",
@@ -426,6 +483,26 @@ def build_parser() -> argparse.ArgumentParser:
     qemu.add_argument("--accel", choices=["auto", "kvm", "tcg"], default="auto")
     qemu.add_argument("--json", action="store_true", help="import: one JSON line per record")
     qemu.set_defaults(func=_qemu)
+
+    cmp = sub.add_parser(
+        "compare",
+        help="simulate the scenarios matching real QEMU runs; side-by-side table and figure",
+    )
+    cmp.add_argument("records", nargs="+", help="run records (simpostcopy qemu run)")
+    cmp.add_argument("--scenario", help="base scenario TOML (e.g. from 'simpostcopy fit')")
+    cmp.add_argument("--out", help="also draw simulated vs real (.png, .svg, .pdf)")
+    cmp.add_argument("--json", action="store_true", help="the table as JSON records")
+    cmp.set_defaults(func=_compare)
+
+    fitp = sub.add_parser(
+        "fit", help="fit scenario settings to real QEMU runs (least squares on log errors)"
+    )
+    fitp.add_argument("records", nargs="+", help="run records to fit on")
+    fitp.add_argument("--params", required=True, help="dotted keys, e.g. network.inflight_bytes")
+    fitp.add_argument("--scenario", help="base scenario TOML")
+    fitp.add_argument("--rounds", type=_positive_int, default=3, help="search passes")
+    fitp.add_argument("--out", default="fitted.toml", help="the calibrated scenario")
+    fitp.set_defaults(func=_fit)
 
     plot = sub.add_parser(
         "plot",

@@ -451,3 +451,30 @@ def metric_scatter(
         ax.legend(fontsize=7)
     _suptitle(fig, title or f"{METRIC_LABELS.get(y, y)} vs {METRIC_LABELS.get(x, x)}", fontsize=9)
     return fig
+
+
+def real_vs_simulated(table: pd.DataFrame, *, title: str | None = None) -> Figure:
+    """One panel per compared metric: simulated against real, one point per run, with the
+    line of perfect agreement (a comparison table from ``qemu.compare.compare``)."""
+    _require(table, ["run", "metric", "real", "simulated"])
+    metrics = list(dict.fromkeys(table["metric"]))
+    cols = min(3, len(metrics))
+    rows = math.ceil(len(metrics) / cols)
+    fig = Figure(figsize=(4.0 * cols, 3.6 * rows), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(rows, cols, squeeze=False)).ravel()
+    for ax, metric in zip(axes, metrics, strict=False):
+        part = table[table["metric"] == metric]
+        real, sim = part["real"].to_numpy(float), part["simulated"].to_numpy(float)
+        ax.scatter(real, sim, s=14, color=_FALLBACK[0])
+        finite = np.concatenate([real[np.isfinite(real)], sim[np.isfinite(sim)]])
+        if finite.size:
+            lo, hi = float(finite.min()), float(finite.max())
+            ax.plot([lo, hi], [lo, hi], color="grey", ls="--", lw=1)
+        unit = " (s)" if metric.endswith("_s") else (" (B)" if metric.endswith("bytes") else "")
+        ax.set_xlabel(f"real {metric}{unit}")
+        ax.set_ylabel(f"simulated{unit}")
+        ax.grid(True, alpha=0.3)
+    for ax in axes[len(metrics) :]:
+        ax.set_visible(False)
+    _suptitle(fig, title or "Simulated vs real QEMU runs (dashed: perfect agreement)")
+    return fig

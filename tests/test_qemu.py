@@ -212,3 +212,68 @@ def test_a_real_postcopy_migration(tmp_path):
         if e["side"] == "source" and e["event"] == "MIGRATION"
     ]
     assert statuses[0] == "setup" and "postcopy-active" in statuses and statuses[-1] == "completed"
+
+
+# -- simulation beside reality --------------------------------------------------------------------
+def test_matching_scenario_follows_the_run():
+    from simpostcopy.qemu.compare import matching_scenario
+
+    record = importer.load(REAL)
+    s = matching_scenario(record)
+    real = importer.summary(record)
+    assert s.guest.ram_bytes == 256 << 20 and s.guest.vcpus == 1
+    assert s.network.bandwidth_bytes_per_s == pytest.approx(
+        record["source"]["ram"]["mbps"] * 1e6 / 8
+    )
+    assert not s.network.preempt
+    assert (s.workload.pattern, s.workload.working_set_bytes) == ("uniform", 32 << 20)
+    assert s.workload.accesses_per_s == record["guest"]["touch_rate_per_s"]
+    # Precopy at the run's max-bandwidth until QEMU's own switch-over instant.
+    assert s.migration.switchover == "postcopy_after_timeout"
+    assert s.migration.setup_s + s.migration.completion_timeout_per_gib_s / 4 == pytest.approx(
+        real["switchover_time_s"]
+    )
+
+
+def test_compare_table_and_figure(tmp_path, capsys):
+    from simpostcopy.qemu.compare import METRICS, compare
+
+    table = compare({"run": importer.load(REAL)})
+    assert list(table["metric"]) == list(METRICS)
+    row = table.set_index("metric").loc["total_time_s"]
+    assert row["real"] == 0.236 and row["simulated"] > 0
+    assert row["relative_error"] == pytest.approx((row["simulated"] - 0.236) / 0.236)
+    out = tmp_path / "cmp.png"
+    assert main(["compare", str(REAL), "--out", str(out)]) == 0
+    assert "median |relative error| per metric" in capsys.readouterr().out
+    assert out.stat().st_size > 10_000
+
+
+def test_fit_moves_a_parameter_towards_the_data(tmp_path, capsys):
+    from simpostcopy.qemu.compare import fit
+
+    record = importer.load(REAL)
+    result = fit([record], ["network.inflight_bytes"], rounds=1)
+    lo, hi = 12 * 2**20 / 100, 12 * 2**20 * 100
+    assert lo <= result.params["network.inflight_bytes"] <= hi
+    assert math.isfinite(result.loss) and result.evaluations > 10
+    out = tmp_path / "fitted.toml"
+    assert (
+        main(
+            [
+                "fit",
+                str(REAL),
+                "--params",
+                "network.inflight_bytes",
+                "--rounds",
+                "1",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert "network.inflight_bytes = " in capsys.readouterr().out
+    from simpostcopy.config import Scenario
+
+    assert Scenario.from_toml(out).network.inflight_bytes == result.params["network.inflight_bytes"]

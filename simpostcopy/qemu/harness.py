@@ -108,6 +108,9 @@ class RunRecord:
     tool: str = f"simpostcopy {__version__}"
 
 
+_KVM_FAILED: list[bool] = []  # set once KVM failed to boot the guest (auto tries it once)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -167,6 +170,8 @@ def _boot_source(
 ) -> tuple[Qemu, str]:
     """Boot the source; with accel=auto try KVM first and fall back to TCG."""
     tries = ["kvm", "tcg"] if spec.accel == "auto" else [spec.accel]
+    if spec.accel == "auto" and _KVM_FAILED:
+        tries = ["tcg"]  # KVM already failed to boot the guest in this process
     for accel in tries:
         src = _start("source", spec, image, workdir, accel, incoming=False)
         limit = (
@@ -179,6 +184,7 @@ def _boot_source(
             return src, accel
         src.stop()
         if accel == "kvm" and len(tries) > 1:
+            _KVM_FAILED.append(True)
             print(f"KVM did not boot the guest within {limit:.0f} s here: falling back to TCG")
     raise QemuError(f"the test guest did not boot within {spec.boot_timeout_s:.0f} s ({tries[-1]})")
 

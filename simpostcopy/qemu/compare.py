@@ -1,0 +1,266 @@
+"""Simulation beside reality: the scenario matching a real run, the side-by-side table, and
+a least-squares fit of chosen scenario parameters to a set of real runs.
+
+A real run is matched by: RAM and vCPUs, 4 KiB pages, the bandwidth QEMU actually achieved
+(``ram.mbps``), preempt, the switch-over time from QEMU's own events (precopy until then at
+the run's ``max-bandwidth``), the setup time, the zero-page share QEMU counted
+(``ram.duplicate``), and the workload with the touch rate the guest measured (idle: the
+kernel's own ~1000 touches a second over 128 KiB; ``seq,N``: a sequential sweep over N MiB;
+``rand,N,H``: uniform writes over H MiB).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from simpostcopy.config import Scenario, ScenarioError, setting_kind, setting_value
+from simpostcopy.engine import simulate
+from simpostcopy.qemu import importer
+from simpostcopy.qemu.errors import QemuError
+
+# Compared quantities: (summary key of the real run, of the simulation).
+METRICS = {
+    "total_time_s": "total_time_s",
+    "postcopy_bytes": "postcopy_bytes",
+    "postcopy_requests": "postcopy_requests",
+    "blocktime_s": "blocktime_s",
+    "vcpu_blocktime_s": "vcpu_blocktime_s",
+    "guest_longest_stall_s": "latency_max_s",
+}
+IDLE_BYTES = 128 << 10
+# What a fit minimises over: the metrics every QEMU reports.
+FIT_METRICS = ("total_time_s", "postcopy_bytes", "postcopy_requests", "blocktime_s")
+
+
+def matching_scenario(record: dict[str, Any], base: Scenario | None = None) -> Scenario:
+    """The scenario that reproduces a real run (see the module's docstring)."""
+    base = base or Scenario()
+    spec = record.get("spec") or {}
+    src = record.get("source") or {}
+    ram = src.get("ram", {})
+    real = importer.summary(record)
+    if not spec:
+        raise QemuError("comparing needs a harness run record (its settings and workload)")
+    ram_bytes = spec["ram_mib"] << 20
+    total_target = ram_bytes // 4096
+    mbps = ram.get("mbps") or 0
+    bandwidth = mbps * 1e6 / 8 if mbps > 0 else spec["max_bandwidth_bytes_per_s"]
+    words = spec["workload"].split(",")
+    rate = float(record.get("guest", {}).get("touch_rate_per_s") or 1000.0)
+    if words[0] == "idle":
+        # The idle guest's kernel still touches a few dozen pages (timers, scheduler,
+        # console): about a thousand touches a second over 128 KiB.
+        workload = {
+            "workload.pattern": "uniform",
+            "workload.working_set_bytes": IDLE_BYTES,
+            "workload.accesses_per_s": 1000.0,
+            "workload.write_fraction": 0.0,
+        }
+    elif words[0] == "seq":
+        workload = {
+            "workload.pattern": "sequential",
+            "workload.working_set_bytes": int(words[1]) << 20,
+            "workload.accesses_per_s": rate,
+        }
+    else:
+        workload = {
+            "workload.pattern": "uniform",
+            "workload.working_set_bytes": int(words[2]) << 20,
+            "workload.accesses_per_s": rate,
+            "workload.write_fraction": 1.0,
+        }
+    over: dict[str, Any] = {
+        "guest.ram_bytes": ram_bytes,
+        "guest.vcpus": spec["vcpus"],
+        "guest.host_page_bytes": 4096,
+        "guest.zero_page_fraction": min(1.0, ram.get("duplicate", 0) / total_target),
+        "network.bandwidth_bytes_per_s": bandwidth,
+        "network.preempt": bool(spec["preempt"]),
+        "migration.setup_s": real["setup_time_s"] if real["setup_time_s"] > 0 else 0.0,
+        "migration.max_postcopy_bandwidth_bytes_per_s": spec.get(
+            "max_postcopy_bandwidth_bytes_per_s", 0
+        ),
+        **workload,
+    }
+    switch = real["switchover_time_s"]
+    if math.isfinite(switch) and switch > over["migration.setup_s"]:
+        over |= {
+            "migration.switchover": "postcopy_after_timeout",
+            "migration.completion_timeout_per_gib_s": (switch - over["migration.setup_s"])
+            / (ram_bytes / 2**30),
+            "migration.max_bandwidth_bytes_per_s": spec["max_bandwidth_bytes_per_s"],
+            "migration.downtime_limit_s": 0.0,  # QEMU switched on request, not on convergence
+        }
+    try:
+        return base.override(over)
+    except ScenarioError as exc:
+        raise QemuError(f"cannot build the matching scenario: {exc}") from None
+
+
+def simulated(scenario: Scenario) -> dict[str, Any]:
+    """The simulation's summary plus the longest fault (the guest's longest stall)."""
+    result = simulate(scenario)
+    out = dict(result.summary)
+    lat = result.faults["latency_s"]
+    out["latency_max_s"] = float(lat.max()) if len(lat) else 0.0
+    return out
+
+
+def _value(v: Any) -> float:
+    if isinstance(v, list):
+        return float(sum(v)) if v else math.nan
+    return float(v) if v is not None else math.nan
+
+
+def compare(records: dict[str, dict[str, Any]], base: Scenario | None = None) -> pd.DataFrame:
+    """One row per (run, metric): real, simulated and the relative error."""
+    rows = []
+    for name, record in records.items():
+        real = importer.summary(record)
+        sim = simulated(matching_scenario(record, base))
+        for metric, sim_key in METRICS.items():
+            r, s = _value(real.get(metric)), _value(sim.get(sim_key))
+            rel = (s - r) / r if r and math.isfinite(r) and math.isfinite(s) else math.nan
+            rows.append(
+                {"run": name, "metric": metric, "real": r, "simulated": s, "relative_error": rel}
+            )
+    return pd.DataFrame(rows)
+
+
+# -- fitting -------------------------------------------------------------------------------
+@dataclass
+class Fit:
+    """Fitted values, their standard errors and the training loss."""
+
+    params: dict[str, float]
+    stderr: dict[str, float]
+    loss: float
+    evaluations: int
+
+
+def _loss(
+    records: Sequence[dict[str, Any]], base: Scenario, keys: Sequence[str], values: Sequence[float]
+) -> tuple[float, np.ndarray]:
+    scenario = base.override(dict(zip(keys, values, strict=True)))
+    residuals = []
+    for record in records:
+        real = importer.summary(record)
+        sim = simulated(matching_scenario(record, scenario))
+        for metric in FIT_METRICS:
+            r, s = _value(real.get(metric)), _value(sim.get(METRICS[metric]))
+            if r > 0 and s > 0 and math.isfinite(r) and math.isfinite(s):
+                residuals.append(math.log(s) - math.log(r))
+            elif r > 0 or s > 0:  # one is zero: a fixed, large miss
+                residuals.append(3.0)
+    res = np.asarray(residuals)
+    return float(np.sum(res**2)), res
+
+
+def bounds_of(key: str, base: Scenario) -> tuple[float, float]:
+    """Search bounds of a parameter: 1/100 to 100 times its current value (or 1 us-10 ms,
+    1 KiB-1 GiB when it is zero)."""
+    kind = setting_kind(key)
+    if kind not in ("bytes", "time", "float", "dist", "rate"):
+        raise QemuError(f"{key}: only numeric settings can be fitted (it is {kind})")
+    value = setting_value(base, key)
+    value = getattr(value, "mean", value)
+    if not value:
+        return (1024.0, float(1 << 30)) if kind == "bytes" else (1e-6, 1e-2)
+    return value / 100, value * 100
+
+
+def fit(
+    records: Sequence[dict[str, Any]],
+    keys: Sequence[str],
+    base: Scenario | None = None,
+    *,
+    rounds: int = 3,
+    progress: Callable[[str], None] = lambda _msg: None,
+) -> Fit:
+    """Least squares on log errors over ``keys`` (log-scaled, bounded): a golden-section
+    search per parameter, ``rounds`` passes; standard errors from the curvature of the
+    loss at the optimum (Gauss-Newton, residual variance from the fit)."""
+    base = base or Scenario()
+    bounds = [bounds_of(k, base) for k in keys]
+    x = [
+        math.log(
+            float(
+                getattr(setting_value(base, k), "mean", setting_value(base, k))
+                or math.sqrt(lo * hi)
+            )
+        )
+        for k, (lo, hi) in zip(keys, bounds, strict=True)
+    ]
+    evals = 0
+
+    def loss_at(xs: Sequence[float]) -> float:
+        nonlocal evals
+        evals += 1
+        values = [_cast(k, math.exp(v)) for k, v in zip(keys, xs, strict=True)]
+        return _loss(records, base, keys, values)[0]
+
+    golden = (math.sqrt(5) - 1) / 2
+    for r in range(rounds):
+        for i, (lo, hi) in enumerate(bounds):
+            a, b = math.log(lo), math.log(hi)
+            if r:  # later passes search near the current value
+                a, b = max(a, x[i] - 2.0 / r), min(b, x[i] + 2.0 / r)
+            c, d = b - golden * (b - a), a + golden * (b - a)
+            fc = loss_at([*x[:i], c, *x[i + 1 :]])
+            fd = loss_at([*x[:i], d, *x[i + 1 :]])
+            for _ in range(10):
+                if fc < fd:
+                    b, d, fd = d, c, fc
+                    c = b - golden * (b - a)
+                    fc = loss_at([*x[:i], c, *x[i + 1 :]])
+                else:
+                    a, c, fc = c, d, fd
+                    d = a + golden * (b - a)
+                    fd = loss_at([*x[:i], d, *x[i + 1 :]])
+            x[i] = (a + b) / 2
+            progress(f"pass {r + 1}: {keys[i]} = {_cast(keys[i], math.exp(x[i])):.4g}")
+    values = [_cast(k, math.exp(v)) for k, v in zip(keys, x, strict=True)]
+    loss, res = _loss(records, base, keys, values)
+    # Jacobian of the residuals in log-parameter space, by central differences.
+    h = 0.05
+    cols = []
+    for i in range(len(keys)):
+        up = _loss(
+            records,
+            base,
+            keys,
+            [
+                _cast(k, math.exp(v + (h if j == i else 0)))
+                for j, (k, v) in enumerate(zip(keys, x, strict=True))
+            ],
+        )[1]
+        dn = _loss(
+            records,
+            base,
+            keys,
+            [
+                _cast(k, math.exp(v - (h if j == i else 0)))
+                for j, (k, v) in enumerate(zip(keys, x, strict=True))
+            ],
+        )[1]
+        cols.append((up - dn) / (2 * h))
+    jac = np.column_stack(cols)
+    dof = max(1, res.size - len(keys))
+    sigma2 = float(res @ res) / dof
+    try:
+        cov = sigma2 * np.linalg.inv(jac.T @ jac)
+        log_sd = np.sqrt(np.clip(np.diag(cov), 0, None))
+    except np.linalg.LinAlgError:
+        log_sd = np.full(len(keys), math.inf)
+    stderr = {k: float(v * sd) for k, v, sd in zip(keys, values, log_sd, strict=True)}
+    return Fit(dict(zip(keys, values, strict=True)), stderr, loss, evals + 2 * len(keys) + 1)
+
+
+def _cast(key: str, value: float) -> float:
+    return float(round(value)) if setting_kind(key) in ("bytes", "int") else value
