@@ -46,3 +46,9 @@ def save(figures: dict[str, Figure], args: argparse.Namespace) -> None:
 
 def main(body: Callable[[argparse.Namespace], None], doc: str) -> None:
     body(arguments(doc))
+
+
+def medians(df: pd.DataFrame, by: list[str], cols: list[str], heading: str) -> None:
+    """Print the medians over seeds of ``cols`` per ``by`` group."""
+    print(heading)
+    print(df.groupby(by, dropna=False)[cols].median().to_string(float_format=lambda v: f"{v:.6g}"))

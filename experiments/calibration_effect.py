@@ -17,7 +17,7 @@ import argparse
 import sys
 
 import pandas as pd
-from _study import frame, main, save
+from _study import frame, main, medians, save
 
 from simpostcopy import native, plots
 from simpostcopy.calibration import Plan, calibrate
@@ -79,12 +79,11 @@ def study(args: argparse.Namespace) -> None:
         title=f"Default vs calibrated fault path, preempt: {base.describe()}",
     )
     save({"calibration_effect": fig}, args)
-    cols = ["latency_p50_s", "latency_mean_s", "remote_faults", "blocktime_s"]
-    print("Medians over seeds:")
-    print(
-        df.groupby(["network.preempt", "network.bandwidth_bytes_per_s", "fault_path"])[cols]
-        .median()
-        .to_string(float_format=lambda v: f"{v:.6g}")
+    medians(
+        df,
+        ["network.preempt", "network.bandwidth_bytes_per_s", "fault_path"],
+        ["latency_p50_s", "latency_mean_s", "remote_faults", "blocktime_s"],
+        "Medians over seeds:",
     )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from _study import frame, main, save
+from _study import frame, main, medians, save
 
 from simpostcopy import plots
 from simpostcopy.config import Scenario
@@ -47,11 +47,12 @@ def study(args: argparse.Namespace) -> None:
         title=f"Host page size: {base.describe()}",
     )
     save({"host_page_size": fig}, args)
-    table = df.groupby(["guest.host_page_bytes", "network.preempt"])[
-        ["latency_p50_s", "latency_p99_s", "remote_faults", "blocktime_s", "total_time_s"]
-    ].median()
-    print("Medians over seeds (QEMU: a 1 GiB page takes ~1 s at 10 Gbit/s):")
-    print(table.to_string(float_format=lambda v: f"{v:.6g}"))
+    medians(
+        df,
+        ["guest.host_page_bytes", "network.preempt"],
+        ["latency_p50_s", "latency_p99_s", "remote_faults", "blocktime_s", "total_time_s"],
+        "Medians over seeds (QEMU: a 1 GiB page takes ~1 s at 10 Gbit/s):",
+    )
 
 
 if __name__ == "__main__":

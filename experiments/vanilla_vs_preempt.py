@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from _study import frame, main, save
+from _study import frame, main, medians, save
 
 from simpostcopy import plots
 from simpostcopy.config import Scenario
@@ -50,12 +50,12 @@ def study(args: argparse.Namespace) -> None:
         " (varied: bandwidth, pattern, preempt)",
     )
     save({"vanilla_vs_preempt": fig}, args)
-    at10 = df[(df["network.bandwidth_bytes_per_s"] == 1.25e9)]
-    table = at10.groupby(["workload.pattern", "network.preempt"])[
-        ["latency_mean_s", "latency_p50_s", "latency_p99_s", "remote_faults"]
-    ].median()
-    print("At 10 Gbit/s (QEMU: vanilla ~10-12 ms, preempt ~230-500 us per 4 KiB request):")
-    print(table.to_string(float_format=lambda v: f"{v:.6g}"))
+    medians(
+        df[df["network.bandwidth_bytes_per_s"] == 1.25e9],
+        ["workload.pattern", "network.preempt"],
+        ["latency_mean_s", "latency_p50_s", "latency_p99_s", "remote_faults"],
+        "At 10 Gbit/s (QEMU: vanilla ~10-12 ms, preempt ~230-500 us per 4 KiB request):",
+    )
 
 
 if __name__ == "__main__":

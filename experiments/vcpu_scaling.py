@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from _study import frame, main, save
+from _study import frame, main, medians, save
 
 from simpostcopy import plots
 from simpostcopy.config import Scenario
@@ -49,12 +49,11 @@ def study(args: argparse.Namespace) -> None:
         title=f"vCPU scaling, one fault thread: {base.describe()} (vCPUs varied)",
     )
     save({"vcpu_scaling": fig}, args)
-    cols = ["read_wait_mean_s", "latency_mean_s", "remote_faults", "blocktime_s"]
-    print("Medians over seeds:")
-    print(
-        df.groupby(["fault_path.request_s", "network.preempt", "guest.vcpus"])[cols]
-        .median()
-        .to_string(float_format=lambda v: f"{v:.6g}")
+    medians(
+        df,
+        ["fault_path.request_s", "network.preempt", "guest.vcpus"],
+        ["read_wait_mean_s", "latency_mean_s", "remote_faults", "blocktime_s"],
+        "Medians over seeds:",
     )
 
 
