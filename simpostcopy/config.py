@@ -159,6 +159,9 @@ class Guest:
     vcpus: int = _field("int", 2, min=1)
     # Fraction of host pages whose content is all zeros.
     zero_page_fraction: float = _field("float", 0.1, min=0, max=1)
+    # Where the zero pages are: anywhere (random), or only outside the workload's working
+    # set (a guest's zero pages are the memory it never wrote).
+    zero_page_layout: str = _field("str", "random", choices=("random", "outside_working_set"))
 
     def __post_init__(self) -> None:
         _validate(self)

@@ -34,8 +34,19 @@ CHUNK_BYTES = 8 << 20
 
 def _zero_pages(s: Scenario) -> np.ndarray:
     """Host pages whose content is zero when the migration starts."""
-    n = s.guest.ram_bytes // s.guest.host_page_bytes
-    return stream(s.seed, "guest.zero_pages").random(n) < s.guest.zero_page_fraction
+    g, w = s.guest, s.workload
+    n = g.ram_bytes // g.host_page_bytes
+    u = stream(s.seed, "guest.zero_pages").random(n)
+    if g.zero_page_layout == "random":
+        return u < g.zero_page_fraction
+    # Only pages outside the working set hold zeros: the same share of RAM, drawn among
+    # them (all of them if the share is larger).
+    lo = w.working_set_offset_bytes // g.host_page_bytes
+    hi = -(-(w.working_set_offset_bytes + w.working_set_bytes) // g.host_page_bytes)
+    outside = np.ones(n, dtype=bool)
+    outside[lo:hi] = False
+    share = min(1.0, g.zero_page_fraction * n / max(1, int(outside.sum())))
+    return outside & (u < share)
 
 
 def _pages(s: Scenario, zero: np.ndarray) -> Pages:

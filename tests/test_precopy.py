@@ -251,3 +251,22 @@ def test_switchover_policies_behave_the_same_in_both_engines():
         for key in ("precopy_rounds", "remote_faults", "postcopy_bytes", "downtime_bytes"):
             assert fast.summary[key] == ref.summary[key], (policy, key)
         assert fast.summary["total_time_s"] == pytest.approx(ref.summary["total_time_s"], abs=1e-9)
+
+
+def test_zero_pages_can_lie_outside_the_working_set():
+    s = scenario(
+        guest__zero_page_fraction=0.5,
+        guest__zero_page_layout="outside_working_set",
+        workload__working_set_bytes=16 * MIB,
+        workload__working_set_offset_bytes=16 * MIB,
+        migration__switchover="precopy",
+        workload__write_fraction=1.0,
+    )
+    pages = simulate(s).pages
+    ws = pages.host_page.between(16 * MIB // 4096, 32 * MIB // 4096 - 1)
+    assert not pages.zero[ws].any()  # the working set holds data
+    # Half of RAM is zero, all of it outside the working set (2/3 of the rest).
+    assert abs(pages.zero.mean() - 0.5) < 0.02
+    # More zeros than pages outside the working set: all of those, and no more.
+    full = simulate(s.override({"guest.zero_page_fraction": 0.9})).pages
+    assert full.zero.sum() == (~ws).sum() and not full.zero[ws].any()

@@ -48,7 +48,6 @@ def matching_scenario(record: dict[str, Any], base: Scenario | None = None) -> S
     if not spec:
         raise QemuError("comparing needs a harness run record (its settings and workload)")
     ram_bytes = spec["ram_mib"] << 20
-    total_target = ram_bytes // 4096
     mbps = ram.get("mbps") or 0
     bandwidth = mbps * 1e6 / 8 if mbps > 0 else spec["max_bandwidth_bytes_per_s"]
     words = spec["workload"].split(",")
@@ -67,6 +66,7 @@ def matching_scenario(record: dict[str, Any], base: Scenario | None = None) -> S
             "workload.pattern": "sequential",
             "workload.working_set_bytes": int(words[1]) << 20,
             "workload.accesses_per_s": rate,
+            "workload.write_fraction": 1.0,
         }
     else:
         workload = {
@@ -79,7 +79,11 @@ def matching_scenario(record: dict[str, Any], base: Scenario | None = None) -> S
         "guest.ram_bytes": ram_bytes,
         "guest.vcpus": spec["vcpus"],
         "guest.host_page_bytes": 4096,
-        "guest.zero_page_fraction": min(1.0, ram.get("duplicate", 0) / total_target),
+        # QEMU's zero pages, among all it sent (RAM plus its ROM and video blocks); the
+        # workload's buffer holds data, so the zeros lie outside it.
+        "guest.zero_page_fraction": ram.get("duplicate", 0)
+        / max(1, ram.get("duplicate", 0) + ram.get("normal", 0)),
+        "guest.zero_page_layout": "random" if words[0] == "idle" else "outside_working_set",
         "network.bandwidth_bytes_per_s": bandwidth,
         "network.preempt": bool(spec["preempt"]),
         "migration.setup_s": real["setup_time_s"] if real["setup_time_s"] > 0 else 0.0,
