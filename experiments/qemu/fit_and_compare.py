@@ -39,7 +39,7 @@ def spread(records: dict[str, dict]) -> pd.Series:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="network.inflight_bytes,fault_path.request_s")
+    parser.add_argument("--params", default="fault_path.place_fixed_s,network.inflight_bytes")
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     records = {p.stem: importer.load(p) for p in sorted((HERE / "runs").glob("*.json"))}
