@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -61,7 +61,6 @@ class PrecopyOutcome:
     accesses: list[int]  # per vCPU, made on the source
     precopy_bytes: int = 0
     reason: str = ""  # why the switch-over happened then
-    history: list[int] = field(default_factory=list)  # dirty bytes after each round
 
     @property
     def precopy_rounds(self) -> int:
@@ -142,7 +141,6 @@ class Precopy:
             deadline = t + mig.completion_timeout_per_gib_s * g.ram_bytes / 2**30
         to_send = np.ones(n, dtype=bool)
         rounds: list[Round] = []
-        history: list[int] = []
         stalled = 0
         while True:
             idx = np.flatnonzero(to_send)
@@ -159,53 +157,49 @@ class Precopy:
             left = written.copy()
             left[idx[k:]] = True  # cut short: the rest of the round was never sent
             dirty_bytes = int(wire_bytes(self.zero[left], header).sum())
+            previous = rounds[-1].dirty_bytes if rounds else math.inf
             rounds.append(Round(len(rounds) + 1, t, stop, k, int(wire[:k].sum()), dirty_bytes, cut))
             t = stop
-            if cut:
-                self._finish("postcopy", t, left, sent_end, rounds, history, "timeout")
-                return
-            previous = history[-1] if history else math.inf
-            history.append(dirty_bytes)
             shrank = dirty_bytes < previous * (1.0 - mig.stall_shrink_fraction)
             stalled = 0 if shrank else stalled + 1
-            if dirty_bytes <= self.rate * mig.downtime_limit_s:
-                self._finish("precopy", t, left, sent_end, rounds, history, "converged")
-                return
-            policy, done = mig.switchover, len(rounds)
-            if policy == "postcopy_after_rounds" and done >= mig.switchover_rounds:
-                self._finish("postcopy", t, left, sent_end, rounds, history, "rounds")
-                return
-            if policy == "postcopy_when_stalled" and stalled >= mig.stalled_rounds:
-                self._finish("postcopy", t, left, sent_end, rounds, history, "stalled")
-                return
-            if done >= mig.max_rounds:
-                mode = "precopy" if policy == "precopy" else "postcopy"
-                self._finish(mode, t, left, sent_end, rounds, history, "max_rounds")
+            decision = self._decide(cut, dirty_bytes, len(rounds), stalled)
+            if decision is not None:
+                mode, reason = decision
+                self.outcome = PrecopyOutcome(
+                    mode=mode,
+                    switchover_s=t,
+                    rounds=rounds,
+                    remaining=left,
+                    zero=self.zero,
+                    sent_end_s=sent_end,
+                    accesses=list(self.done_accesses),
+                    precopy_bytes=sum(r.bytes_sent for r in rounds),
+                    reason=reason,
+                )
                 return
             to_send = left
 
-    def _finish(
-        self,
-        mode: str,
-        t: float,
-        remaining: np.ndarray,
-        sent_end: np.ndarray,
-        rounds: list[Round],
-        history: list[int],
-        reason: str,
-    ) -> None:
-        self.outcome = PrecopyOutcome(
-            mode=mode,
-            switchover_s=t,
-            rounds=rounds,
-            remaining=remaining,
-            zero=self.zero,
-            sent_end_s=sent_end,
-            accesses=list(self.done_accesses),
-            precopy_bytes=sum(r.bytes_sent for r in rounds),
-            reason=reason,
-            history=history,
-        )
+    def _decide(
+        self, cut: bool, dirty_bytes: int, rounds: int, stalled: int
+    ) -> tuple[str, str] | None:
+        """After a round's bitmap sync: (mode, reason) to stop the guest, or None to go on.
+
+        Convergence wins for every policy (QEMU completes whenever precopy converges);
+        a timeout cut is a switch to postcopy; at ``max_rounds`` precopy stops and copies,
+        a hybrid switches."""
+        mig = self.s.migration
+        policy = mig.switchover
+        if cut:
+            return "postcopy", "timeout"
+        if dirty_bytes <= self.rate * mig.downtime_limit_s:
+            return "precopy", "converged"
+        if policy == "postcopy_after_rounds" and rounds >= mig.switchover_rounds:
+            return "postcopy", "rounds"
+        if policy == "postcopy_when_stalled" and stalled >= mig.stalled_rounds:
+            return "postcopy", "stalled"
+        if rounds >= mig.max_rounds:
+            return ("precopy" if policy == "precopy" else "postcopy"), "max_rounds"
+        return None
 
 
 def run_precopy(
