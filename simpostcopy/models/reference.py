@@ -20,7 +20,6 @@ from simpostcopy.models.destination import Destination
 from simpostcopy.models.ledger import (
     TIE_S,
     VIA_BACKGROUND,
-    VIA_NONE,
     VIA_REQUEST_MAIN,
     VIA_REQUEST_PREEMPT,
     Fault,
@@ -96,8 +95,7 @@ class RefSource(RequestQueue):
         self._written: list[tuple[int, float]] = []  # background writes: (page, channel time)
         self.main_rx = RefReceiver(env, pages, dest, start_s)
         self.preempt_rx = RefReceiver(env, pages, dest, start_s)
-        self.sent = pages.via != VIA_NONE  # already at the destination after precopy
-        self.unsent = self.to_place = int(pages.count - self.sent.sum())
+        self.to_place = self.unsent  # pages this run must place
         self.bytes_sent = 0
         self._on_all_placed = on_all_placed
         env.process(self._run(start_s))

@@ -155,6 +155,8 @@ class RequestQueue:
         self.requests_received = 0
         self.requests_duplicate = 0
         self.done = False  # every page sent: later requests are duplicates
+        self.sent = pages.via != VIA_NONE  # already at the destination after precopy
+        self.unsent = int(pages.count - self.sent.sum())
         self._queue: list[tuple[Fault, float]] = []
         self._kick: simpy.Event | None = None
 
@@ -227,8 +229,6 @@ class Source(RequestQueue):
         self.chunk_pages = chunk_pages
         self.start_s = start_s
         self._on_all_sent = on_all_sent
-        self.sent = pages.via != VIA_NONE  # already at the destination after precopy
-        self.unsent = int(pages.count - self.sent.sum())
         # Channel times (see network.Clock): pacing of the next background byte, the
         # ready times of the current plan, and when its last page is written.
         self._release = start_s
