@@ -153,15 +153,20 @@ class Channel:
         self.place_end = self.place_end[lo:hi]
 
     # -- placement times -------------------------------------------------------------------
+    def _placed(self, pages: np.ndarray, end: np.ndarray, after: int) -> np.ndarray:
+        """Placement times of ``pages`` (last bytes sent at channel times ``end``), queued
+        behind the first ``after`` items: arrival one latency after the last byte, then
+        the receiving thread's FIFO from the previous placement."""
+        arrived = self.clock.real(end) + self.latency
+        prev = float(self.place_end[after - 1]) if after else self._recv_free
+        return fifo_finish(arrived, self.pages.place_cost_s[pages], prev)
+
     def _refresh(self, hi: int) -> None:
         """Make the placements of items ``[0, hi)`` exact."""
         lo = self._valid
         if hi <= lo:
             return
-        arrived = self.clock.real(self.end[lo:hi]) + self.latency
-        prev = float(self.place_end[lo - 1]) if lo else self._recv_free
-        cost = self.pages.place_cost_s[self.page[lo:hi]]
-        self.place_end[lo:hi] = fifo_finish(arrived, cost, prev)
+        self.place_end[lo:hi] = self._placed(self.page[lo:hi], self.end[lo:hi], lo)
         self._valid = hi
 
     def _index(self, h: int) -> int:
@@ -249,15 +254,14 @@ class Channel:
         """Add items that start on the socket at channel times ``start``."""
         wire_time, hold = self._hold(pages)
         k = self.page.size
+        end = start + wire_time
+        # Exact if every placement before them is, else lower bounds (FIFO is monotone).
+        placed = self._placed(pages, end, k)
         self._item[pages] = self._base + k + np.arange(pages.size)
         self.page = np.concatenate((self.page, pages))
         self.enq = np.concatenate((self.enq, enq))
-        self.end = np.concatenate((self.end, start + wire_time))
+        self.end = np.concatenate((self.end, end))
         self.after = np.concatenate((self.after, start + hold))
-        # Exact if every placement before them is, else lower bounds (FIFO is monotone).
-        arrived = self.clock.real(start + wire_time) + self.latency
-        prev = float(self.place_end[-1]) if k else self._recv_free
-        placed = fifo_finish(arrived, self.pages.place_cost_s[pages], prev)
         self.place_end = np.concatenate((self.place_end, placed))
         if self._valid == k:
             self._valid = self.page.size
