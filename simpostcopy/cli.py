@@ -278,37 +278,35 @@ def _sweep(args: argparse.Namespace) -> int:
 def _qemu(args: argparse.Namespace) -> int:
     """``simpostcopy qemu build-guest|run|import``."""
     from simpostcopy.qemu import guest, harness, importer
-    from simpostcopy.qemu.errors import QemuError
 
-    try:
-        if args.action == "build-guest":
-            image = guest.build(args.guest_dir)
-            print(f"kernel {image.kernel}\ninitrd {image.initrd}")
-        elif args.action == "run":
-            spec = harness.RunSpec(
-                ram_mib=args.ram_mib,
-                vcpus=args.vcpus,
-                workload=args.workload,
-                max_bandwidth_bytes_per_s=args.max_bandwidth,
-                max_postcopy_bandwidth_bytes_per_s=args.max_postcopy_bandwidth,
-                preempt=args.preempt,
-                precopy_s=args.precopy_s,
-                accel=args.accel,
-            )
-            record = harness.run(spec, Path(args.out), image=guest.build(args.guest_dir))
-            print(json.dumps(importer.summary(asdict(record)), indent=2))
-            print(f"record: {args.out}")
-        else:
-            for path in args.records:
-                s = importer.summary(importer.load(path))
-                if args.json:
-                    print(json.dumps({"record": path, **s}, allow_nan=True))
-                else:
-                    print(path)
-                    for k, v in s.items():
-                        print(f"  {k:<24} {v}")
-    except QemuError as exc:
-        raise CliError(str(exc)) from None
+    if args.action == "build-guest":
+        image = guest.build(args.guest_dir)
+        print(f"kernel {image.kernel}\ninitrd {image.initrd}")
+    elif args.action == "run":
+        spec = harness.RunSpec(
+            ram_mib=args.ram_mib,
+            vcpus=args.vcpus,
+            workload=args.workload,
+            max_bandwidth_bytes_per_s=args.max_bandwidth,
+            max_postcopy_bandwidth_bytes_per_s=args.max_postcopy_bandwidth,
+            preempt=args.preempt,
+            precopy_s=args.precopy_s,
+            accel=args.accel,
+        )
+        record = harness.run(spec, Path(args.out), image=guest.build(args.guest_dir))
+        print(json.dumps(importer.summary(asdict(record)), indent=2))
+        print(f"record: {args.out}")
+    else:
+        if not args.records:
+            raise CliError("qemu import: give at least one run record or query-migrate JSON")
+        for path in args.records:
+            s = importer.summary(importer.load(path))
+            if args.json:
+                print(json.dumps({"record": path, **s}, allow_nan=True))
+            else:
+                print(path)
+                for k, v in s.items():
+                    print(f"  {k:<24} {v}")
     return 0
 
 
@@ -322,13 +320,9 @@ def _compare(args: argparse.Namespace) -> int:
     """``simpostcopy compare REAL... [--scenario S.toml]``: simulation beside reality."""
     from simpostcopy import plots
     from simpostcopy.qemu import compare
-    from simpostcopy.qemu.errors import QemuError
 
     base = Scenario.from_toml(args.scenario) if args.scenario else None
-    try:
-        table = compare.compare(_records(args.records), base)
-    except QemuError as exc:
-        raise CliError(str(exc)) from None
+    table = compare.compare(_records(args.records), base)
     if args.json:
         print(table.to_json(orient="records"))
     else:
@@ -344,22 +338,18 @@ def _compare(args: argparse.Namespace) -> int:
 def _fit(args: argparse.Namespace) -> int:
     """``simpostcopy fit REAL... --params a,b``: fit settings to real runs."""
     from simpostcopy.qemu import compare
-    from simpostcopy.qemu.errors import QemuError
 
     base = Scenario.from_toml(args.scenario) if args.scenario else Scenario()
     keys = [k for k in args.params.split(",") if k]
     if not keys:
         raise CliError("--params: give at least one dotted setting key")
-    try:
-        result = compare.fit(
-            list(_records(args.records).values()),
-            keys,
-            base,
-            rounds=args.rounds,
-            progress=lambda m: print(m, flush=True),
-        )
-    except QemuError as exc:
-        raise CliError(str(exc)) from None
+    result = compare.fit(
+        list(_records(args.records).values()),
+        keys,
+        base,
+        rounds=args.rounds,
+        progress=lambda m: print(m, flush=True),
+    )
     for key in keys:
         print(f"{key} = {result.params[key]:.6g} +- {result.stderr[key]:.2g}")
     print(f"loss {result.loss:.4g} after {result.evaluations} evaluations")
@@ -536,10 +526,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from simpostcopy.calibration import CalibrationError
+    from simpostcopy.qemu.errors import QemuError
 
     try:
         return args.func(args)
-    except (ScenarioError, CalibrationError, CliError) as e:
+    except (ScenarioError, CalibrationError, QemuError, CliError) as e:
         print(f"simpostcopy: error: {e}", file=sys.stderr)
         return 2
 

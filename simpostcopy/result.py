@@ -22,7 +22,7 @@ from simpostcopy.models.ledger import (
     Fault,
     Pages,
 )
-from simpostcopy.models.precopy import PrecopyOutcome
+from simpostcopy.models.precopy import PrecopyOutcome, Round
 
 LATENCY_BUCKETS = 24  # QEMU's postcopy-latency-dist: [2^N, 2^(N+1)) microseconds
 
@@ -444,5 +444,5 @@ def _rounds_frame(precopy: PrecopyOutcome) -> pd.DataFrame:
     """One row per precopy round."""
     return pd.DataFrame(
         [dataclasses.asdict(r) for r in precopy.rounds],
-        columns=["round", "start_s", "end_s", "pages_sent", "bytes_sent", "dirty_bytes", "cut"],
+        columns=[f.name for f in dataclasses.fields(Round)],
     )

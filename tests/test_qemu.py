@@ -72,6 +72,8 @@ def test_cli_import_json(capsys):
     assert main(["qemu", "import", str(REAL), "--json"]) == 0
     row = json.loads(capsys.readouterr().out)
     assert row["postcopy_requests"] == 24 and row["record"] == str(REAL)
+    assert main(["qemu", "import"]) == 2
+    assert "give at least one run record" in capsys.readouterr().err
 
 
 # -- QMP against a fake monitor -------------------------------------------------------------------
