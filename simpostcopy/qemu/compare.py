@@ -38,13 +38,16 @@ IDLE_BYTES = 128 << 10
 FIT_METRICS = ("total_time_s", "postcopy_bytes", "postcopy_requests", "blocktime_s")
 
 
-def matching_scenario(record: dict[str, Any], base: Scenario | None = None) -> Scenario:
-    """The scenario that reproduces a real run (see the module's docstring)."""
+def matching_scenario(
+    record: dict[str, Any], base: Scenario | None = None, real: dict[str, Any] | None = None
+) -> Scenario:
+    """The scenario that reproduces a real run (see the module's docstring); ``real`` is
+    the run's summary if already at hand."""
     base = base or Scenario()
     spec = record.get("spec") or {}
     src = record.get("source") or {}
     ram = src.get("ram", {})
-    real = importer.summary(record)
+    real = real or importer.summary(record)
     if not spec:
         raise QemuError("comparing needs a harness run record (its settings and workload)")
     ram_bytes = spec["ram_mib"] << 20
@@ -127,7 +130,7 @@ def compare(records: dict[str, dict[str, Any]], base: Scenario | None = None) ->
     rows = []
     for name, record in records.items():
         real = importer.summary(record)
-        sim = simulated(matching_scenario(record, base))
+        sim = simulated(matching_scenario(record, base, real))
         for metric, sim_key in METRICS.items():
             r, s = _value(real.get(metric)), _value(sim.get(sim_key))
             rel = (s - r) / r if r and math.isfinite(r) and math.isfinite(s) else math.nan
@@ -148,22 +151,26 @@ class Fit:
     evaluations: int
 
 
-def _loss(
-    records: Sequence[dict[str, Any]], base: Scenario, keys: Sequence[str], values: Sequence[float]
-) -> tuple[float, np.ndarray]:
-    scenario = base.override(dict(zip(keys, values, strict=True)))
+def _residuals(
+    records: Sequence[dict[str, Any]], reals: Sequence[dict[str, Any]], scenario: Scenario
+) -> np.ndarray:
+    """Log errors of the fitted metrics over ``records`` (``reals``: their summaries)."""
     residuals = []
-    for record in records:
-        real = importer.summary(record)
-        sim = simulated(matching_scenario(record, scenario))
+    for record, real in zip(records, reals, strict=True):
+        sim = simulated(matching_scenario(record, scenario, real))
         for metric in FIT_METRICS:
             r, s = _value(real.get(metric)), _value(sim.get(METRICS[metric]))
             if r > 0 and s > 0 and math.isfinite(r) and math.isfinite(s):
                 residuals.append(math.log(s) - math.log(r))
             elif r > 0 or s > 0:  # one is zero: a fixed, large miss
                 residuals.append(3.0)
-    res = np.asarray(residuals)
-    return float(np.sum(res**2)), res
+    return np.asarray(residuals)
+
+
+def _current(key: str, base: Scenario) -> float:
+    """A numeric setting's value in ``base`` (a distribution's mean)."""
+    value = setting_value(base, key)
+    return float(getattr(value, "mean", value))
 
 
 def bounds_of(key: str, base: Scenario) -> tuple[float, float]:
@@ -172,8 +179,7 @@ def bounds_of(key: str, base: Scenario) -> tuple[float, float]:
     kind = setting_kind(key)
     if kind not in ("bytes", "time", "float", "dist", "rate"):
         raise QemuError(f"{key}: only numeric settings can be fitted (it is {kind})")
-    value = setting_value(base, key)
-    value = getattr(value, "mean", value)
+    value = _current(key, base)
     if not value:
         return (1024.0, float(1 << 30)) if kind == "bytes" else (1e-6, 1e-2)
     return value / 100, value * 100
@@ -191,23 +197,25 @@ def fit(
     search per parameter, ``rounds`` passes; standard errors from the curvature of the
     loss at the optimum (Gauss-Newton, residual variance from the fit)."""
     base = base or Scenario()
+    reals = [importer.summary(r) for r in records]
     bounds = [bounds_of(k, base) for k in keys]
     x = [
-        math.log(
-            float(
-                getattr(setting_value(base, k), "mean", setting_value(base, k))
-                or math.sqrt(lo * hi)
-            )
-        )
+        math.log(_current(k, base) or math.sqrt(lo * hi))
         for k, (lo, hi) in zip(keys, bounds, strict=True)
     ]
     evals = 0
 
-    def loss_at(xs: Sequence[float]) -> float:
+    def values_at(xs: Sequence[float]) -> dict[str, float]:
+        return {k: _cast(k, math.exp(v)) for k, v in zip(keys, xs, strict=True)}
+
+    def residuals_at(xs: Sequence[float]) -> np.ndarray:
         nonlocal evals
         evals += 1
-        values = [_cast(k, math.exp(v)) for k, v in zip(keys, xs, strict=True)]
-        return _loss(records, base, keys, values)[0]
+        return _residuals(records, reals, base.override(values_at(xs)))
+
+    def loss_at(xs: Sequence[float]) -> float:
+        res = residuals_at(xs)
+        return float(res @ res)
 
     golden = (math.sqrt(5) - 1) / 2
     for r in range(rounds):
@@ -229,31 +237,18 @@ def fit(
                     fd = loss_at([*x[:i], d, *x[i + 1 :]])
             x[i] = (a + b) / 2
             progress(f"pass {r + 1}: {keys[i]} = {_cast(keys[i], math.exp(x[i])):.4g}")
-    values = [_cast(k, math.exp(v)) for k, v in zip(keys, x, strict=True)]
-    loss, res = _loss(records, base, keys, values)
+    values = values_at(x)
+    res = residuals_at(x)
     # Jacobian of the residuals in log-parameter space, by central differences.
     h = 0.05
-    cols = []
-    for i in range(len(keys)):
-        up = _loss(
-            records,
-            base,
-            keys,
-            [
-                _cast(k, math.exp(v + (h if j == i else 0)))
-                for j, (k, v) in enumerate(zip(keys, x, strict=True))
-            ],
-        )[1]
-        dn = _loss(
-            records,
-            base,
-            keys,
-            [
-                _cast(k, math.exp(v - (h if j == i else 0)))
-                for j, (k, v) in enumerate(zip(keys, x, strict=True))
-            ],
-        )[1]
-        cols.append((up - dn) / (2 * h))
+    cols = [
+        (
+            residuals_at([*x[:i], x[i] + h, *x[i + 1 :]])
+            - residuals_at([*x[:i], x[i] - h, *x[i + 1 :]])
+        )
+        / (2 * h)
+        for i in range(len(keys))
+    ]
     jac = np.column_stack(cols)
     dof = max(1, res.size - len(keys))
     sigma2 = float(res @ res) / dof
@@ -262,8 +257,8 @@ def fit(
         log_sd = np.sqrt(np.clip(np.diag(cov), 0, None))
     except np.linalg.LinAlgError:
         log_sd = np.full(len(keys), math.inf)
-    stderr = {k: float(v * sd) for k, v, sd in zip(keys, values, log_sd, strict=True)}
-    return Fit(dict(zip(keys, values, strict=True)), stderr, loss, evals + 2 * len(keys) + 1)
+    stderr = {k: float(values[k] * sd) for k, sd in zip(keys, log_sd, strict=True)}
+    return Fit(values, stderr, float(res @ res), evals)
 
 
 def _cast(key: str, value: float) -> float:
