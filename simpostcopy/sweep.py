@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -86,8 +87,9 @@ class Run:
     engine: str
     keep_dir: str | None
 
-    @property
+    @cached_property
     def key(self) -> str:
+        """The run's identity: its scenario's hash (computed once)."""
         return self.scenario.hash()
 
 
