@@ -242,8 +242,11 @@ def _plot(args: argparse.Namespace) -> int:
                     raise CliError("plot arrivals: give one result directory")
                 fig = draw(next(iter(results.values())), title=args.title)
             else:
+                extra = {"qemu_buckets": not args.log_bins} if args.kind == "latency-hist" else {}
                 fig = draw(
-                    results if len(results) > 1 else next(iter(results.values())), title=args.title
+                    results if len(results) > 1 else next(iter(results.values())),
+                    title=args.title,
+                    **extra,
                 )
         out = plots.save(fig, args.out)
     except plots.PlotError as exc:
@@ -515,6 +518,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated summary metrics, one panel each",
     )
     plot.add_argument("--band", choices=["range", "quantiles"], default="range")
+    plot.add_argument(
+        "--log-bins",
+        action="store_true",
+        help="latency-hist: the vCPU's latency (touch -> resume) in log bins, not QEMU's buckets",
+    )
     plot.add_argument("--title", help="figure title")
     plot.add_argument("--out", default="figure.png", help="output .png, .svg or .pdf")
     plot.set_defaults(func=_plot)

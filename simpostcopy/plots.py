@@ -254,36 +254,54 @@ def latency_cdf(results: Any, *, title: str | None = None, qemu: bool = False) -
     return fig
 
 
-def latency_histogram(results: Any, *, title: str | None = None) -> Figure:
-    """Fault latencies in QEMU's power-of-two µs buckets (``postcopy-latency-dist``:
-    bucket N counts faults in [2^N, 2^(N+1)) µs), one bar group per result."""
-    from simpostcopy.result import LATENCY_BUCKETS, _qemu_window
+def latency_histogram(
+    results: Any, *, qemu_buckets: bool = True, title: str | None = None
+) -> Figure:
+    """Fault latencies, one bar group per result: by default in QEMU's power-of-two µs
+    buckets (``postcopy-latency-dist``: bucket N counts faults in [2^N, 2^(N+1)) µs, read
+    → placed); ``qemu_buckets=False`` bins the vCPU's latency (touch → resume) in 40
+    log-spaced bins instead."""
+    from simpostcopy.result import LATENCY_BUCKETS, _latency_dist, _qemu_window
 
     named = _named(results)
     fig = Figure(figsize=(7.2, 4.2), layout="constrained")
     ax = fig.subplots()
-    width = 0.8 / len(named)
-    buckets = np.arange(LATENCY_BUCKETS)
-    for i, (label, r) in enumerate(named.items()):
-        _, lat = _qemu_window(r.faults)
-        us = np.maximum(lat * 1e6, 1.0)
-        idx = np.clip(np.floor(np.log2(us)).astype(int), 0, LATENCY_BUCKETS - 1)
-        counts = np.bincount(idx, minlength=LATENCY_BUCKETS)
-        ax.bar(
-            buckets + i * width,
-            counts,
-            width=width,
-            color=_FALLBACK[i % len(_FALLBACK)],
-            label=label or None,
-        )
-    ax.set_xticks(buckets[::2] + 0.4 - width / 2)
-    ax.set_xticklabels([_us_text(2**n) for n in buckets[::2]], rotation=45, fontsize=7)
-    ax.set_xlabel("QEMU latency bucket: read → placed, lower edge (2^N µs)")
+    if qemu_buckets:
+        width = 0.8 / len(named)
+        buckets = np.arange(LATENCY_BUCKETS)
+        for i, (label, r) in enumerate(named.items()):
+            counts = _latency_dist(_qemu_window(r.faults)[1])
+            ax.bar(
+                buckets + i * width,
+                counts,
+                width=width,
+                color=_FALLBACK[i % len(_FALLBACK)],
+                label=label or None,
+            )
+        ax.set_xticks(buckets[::2] + 0.4 - width / 2)
+        ax.set_xticklabels([_us_text(2**n) for n in buckets[::2]], rotation=45, fontsize=7)
+        ax.set_xlabel("QEMU latency bucket: read → placed, lower edge (2^N µs)")
+        what = "postcopy-latency-dist"
+    else:
+        lat = {label: r.faults["latency_s"].to_numpy() * 1e6 for label, r in named.items()}
+        every = np.concatenate([v for v in lat.values() if v.size] or [np.ones(1)])
+        edges = np.geomspace(max(every.min(), 0.1), max(every.max(), 0.2), 41)
+        for i, (label, us) in enumerate(lat.items()):
+            ax.hist(
+                us,
+                bins=edges,
+                histtype="step",
+                color=_FALLBACK[i % len(_FALLBACK)],
+                label=label or None,
+            )
+        ax.set_xscale("log")
+        ax.set_xlabel("fault latency (µs), touch → resume")
+        what = "Fault latency"
     ax.set_ylabel("faults")
     ax.grid(True, axis="y", alpha=0.3)
     if len(named) > 1:
         ax.legend(fontsize=7)
-    _suptitle(fig, _title(named, "postcopy-latency-dist", title), fontsize=9)
+    _suptitle(fig, _title(named, what, title), fontsize=9)
     return fig
 
 

@@ -183,3 +183,55 @@ def test_cli_plots_saved_results(small_results, tmp_path):
     assert main(["plot", "arrivals", dirs[0], "--out", str(tmp_path / "a.png")]) == 0
     assert main(["plot", "arrivals", *dirs]) == 2
     assert main(["plot", "timeline", str(tmp_path / "nothing")]) == 2
+
+
+def test_latency_histogram_in_log_bins_counts_every_fault(small_results, tmp_path):
+    r = small_results["preempt"]
+    fig = plots.latency_histogram(r, qemu_buckets=False)
+    ax = fig.axes[0]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("fault latency (µs), touch → resume", "faults")
+    assert ax.get_xscale() == "log"
+    counts = ax.patches[0].get_path().vertices[:, 1]  # the step outline of one histogram
+    assert counts.max() > 0
+    dirs = [str(x.save(tmp_path / n)) for n, x in small_results.items()]
+    out = tmp_path / "h.png"
+    assert main(["plot", "latency-hist", *dirs, "--log-bins", "--out", str(out)]) == 0
+    assert out.stat().st_size > 1000
+
+
+def test_frame_figures_have_their_axes(tmp_path):
+    frame = _frame()
+    bars = plots.metric_bars(frame, "migration.switchover", "downtime_s", hue="seed")
+    ax = bars.axes[0]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("migration.switchover", "downtime (s)")
+    assert [t.get_text() for t in ax.get_xticklabels()] == [
+        "precopy",
+        "postcopy",
+        "postcopy_when_stalled",
+    ]
+    # Bar heights: the median over the other factors, per strategy (seed 1 first).
+    expected = frame[frame.seed == 1].groupby("migration.switchover", sort=False)["downtime_s"]
+    heights = [p.get_height() for p in ax.patches[:3]]
+    np.testing.assert_allclose(heights, expected.median().to_numpy())
+    scatter = plots.metric_scatter(
+        frame, "total_time_s", "downtime_s", strategy="migration.switchover"
+    )
+    ax = scatter.axes[0]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("total migration time (s)", "downtime (s)")
+    assert sum(len(c.get_offsets()) for c in ax.collections) == len(frame)
+    table = pd.DataFrame(
+        {
+            "run": ["a", "a", "b", "b"],
+            "metric": ["total_time_s", "postcopy_bytes"] * 2,
+            "real": [1.0, 100.0, 2.0, 200.0],
+            "simulated": [1.1, 90.0, 2.2, 210.0],
+        }
+    )
+    fig = plots.real_vs_simulated(table)
+    labels = [(a.get_xlabel(), a.get_ylabel()) for a in fig.axes if a.get_visible()]
+    assert labels == [
+        ("real total_time_s (s)", "simulated (s)"),
+        ("real postcopy_bytes (B)", "simulated (B)"),
+    ]
+    for name, f in (("bars", bars), ("scatter", scatter), ("rvs", fig)):
+        assert plots.save(f, tmp_path / f"{name}.svg").stat().st_size > 1000
