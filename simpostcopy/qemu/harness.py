@@ -104,7 +104,7 @@ class RunRecord:
     guest: dict[str, Any] = field(default_factory=dict)
     logs: dict[str, str] = field(default_factory=dict)
     switchover_requested_s: float | None = None  # migrate-start-postcopy, host time
-    started_s: float = 0.0
+    started_s: float = 0.0  # migrate issued, host time (set by drive)
     tool: str = f"simpostcopy {__version__}"
 
 
@@ -256,7 +256,7 @@ def run(
         assert src.qmp is not None and dst.qmp is not None
         record = RunRecord(
             spec=asdict(spec), accel=accel, qemu_version=src.qmp.version,
-            source={}, destination={}, started_s=time.time(),
+            source={}, destination={},
         )  # fmt: skip
 
         def alive() -> None:
