@@ -273,6 +273,14 @@ class Migration:
     stall_shrink_fraction: float = _field("float", 0.05, min=0, max=1)
     device_state_bytes: int = _field("bytes", "1 MiB", min=0)
     max_postcopy_bandwidth_bytes_per_s: float = _field("rate", 0, min=0)  # 0 = unlimited
+    # How QEMU enforces the postcopy rate cap: a budget of cap x window bytes per window
+    # (BUFFER_DELAY, 100 ms); once it is spent the migration thread sleeps to the window's
+    # end and even page requests wait.  0 = smooth pacing of the background stream only.
+    rate_limit_window_s: float = _field("time", "100 ms", min=0)
+    # Who sends a requested page with preempt on: "return_path" (QEMU >= 8.0: the
+    # return-path thread, at once, outside the rate limit) or "migration_thread" (QEMU
+    # 7.x: the migration thread, which a spent rate-limit window holds back).
+    urgent_sender: str = _field("str", "return_path", choices=("return_path", "migration_thread"))
     locality: str = _field("str", "continue", choices=("none", "continue", "hint", "bubbling"))
     bubbling_pivots: int = _field("int", 1, min=1)
     page_header_bytes: int = _field("bytes", 8, min=0)  # per target page on the wire

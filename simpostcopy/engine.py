@@ -22,7 +22,7 @@ from simpostcopy.models.precopy import (
     wire_bytes,
 )
 from simpostcopy.models.reference import RefSource, RefVCpu
-from simpostcopy.models.source import BubblingScan, LinearScan, Source
+from simpostcopy.models.source import BubblingScan, LinearScan, RateWindow, Source
 from simpostcopy.models.vcpu import VCpu
 from simpostcopy.models.workload import AccessStream
 from simpostcopy.result import Result, Timing
@@ -195,6 +195,13 @@ def simulate(
     )
     limit = mig.max_postcopy_bandwidth_bytes_per_s
     background_rate = limit if limit > 0 else np.inf
+    # QEMU enforces the cap per window (see RateWindow); one budget ledger per run.
+    window = (
+        RateWindow(limit, mig.rate_limit_window_s, link_free_s)
+        if limit > 0 and mig.rate_limit_window_s > 0
+        else None
+    )
+    hold_urgent = mig.urgent_sender == "migration_thread"
     drain_rate = min(bw, float(pages.wire_bytes.max() / np.median(pages.place_cost_s)))
     if engine == "reference":
         source = RefSource(
@@ -211,6 +218,8 @@ def simulate(
             inflight_bytes=net.inflight_bytes,
             start_s=link_free_s,
             on_all_placed=finish,
+            window=window,
+            hold_urgent=hold_urgent,
         )
     else:
         main = Channel(bw, net.latency_s, pages, dest.appended, free=link_free_s)
@@ -241,6 +250,8 @@ def simulate(
             chunk_pages=max(1, CHUNK_BYTES // g.host_page_bytes),
             start_s=link_free_s,
             on_all_sent=finish,
+            window=window,
+            hold_urgent=hold_urgent,
         )
     host_shift = int(g.host_page_bytes // TARGET_PAGE_BYTES).bit_length() - 1
     vcpu_class = RefVCpu if engine == "reference" else VCpu

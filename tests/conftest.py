@@ -36,6 +36,7 @@ TINY: dict[str, Any] = {
     "migration.setup_s": 0.0,
     "migration.device_state_bytes": 0,
     "migration.max_postcopy_bandwidth_bytes_per_s": 4096.0,  # one background page per second
+    "migration.rate_limit_window_s": 0.0,  # paced smoothly, not in QEMU's 100 ms windows
     "migration.locality": "none",
     "migration.page_header_bytes": 0,
     "fault_path.delivery_s": 10e-6,

@@ -69,3 +69,36 @@ def test_fast_equals_reference_on_a_busy_guest(locality: str, preempt: bool) -> 
     assert len(fast.faults) > 50
     assert_same(fast, ref)
     assert ref.meta["simpy_events"] > fast.meta["simpy_events"]
+
+
+@pytest.mark.parametrize(
+    ("preempt", "sender"),
+    [(False, "return_path"), (True, "return_path"), (True, "migration_thread")],
+)
+@pytest.mark.parametrize("locality", ["continue", "bubbling"])
+def test_fast_equals_reference_under_rate_limit_windows(
+    preempt: bool, sender: str, locality: str
+) -> None:
+    # A cap well below the link, in windows short enough that dozens of them pass: bursts,
+    # spent windows holding requests back, and writes the socket carries into a new window.
+    s = Scenario().override(
+        {
+            "guest.ram_bytes": "8 MiB",
+            "guest.vcpus": 2,
+            "workload.pattern": "uniform",
+            "workload.working_set_bytes": "6 MiB",
+            "workload.accesses_per_vcpu": 2000,
+            "workload.accesses_per_s": 2e5,
+            "network.bandwidth_bytes_per_s": "1 Gbit/s",
+            "network.inflight_bytes": "256 KiB",
+            "network.preempt": preempt,
+            "migration.max_postcopy_bandwidth_bytes_per_s": "40 MiB/s",
+            "migration.rate_limit_window_s": 0.002,
+            "migration.urgent_sender": sender,
+            "migration.locality": locality,
+        }
+    )
+    fast, ref = simulate(s), simulate(s, engine="reference")
+    assert len(fast.faults) > 50
+    assert fast.summary["total_time_s"] > 0.1  # ~50 windows
+    assert_same(fast, ref)

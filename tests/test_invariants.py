@@ -37,7 +37,10 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         "network.preempt": draw(st.booleans()),
         "migration.setup_s": draw(st.sampled_from([0.0, 0.01])),
         "migration.device_state_bytes": draw(st.sampled_from([0, 100_000])),
-        "migration.max_postcopy_bandwidth_bytes_per_s": draw(st.sampled_from([0, 5e6])),
+        "migration.max_postcopy_bandwidth_bytes_per_s": draw(st.sampled_from([0, 5e6, 2e8])),
+        # Smooth pacing, QEMU's 100 ms windows, and windows short enough to matter here.
+        "migration.rate_limit_window_s": draw(st.sampled_from([0.0, 0.1, 1e-3])),
+        "migration.urgent_sender": draw(st.sampled_from(["return_path", "migration_thread"])),
         "migration.locality": draw(st.sampled_from(["none", "continue", "hint", "bubbling"])),
         "migration.bubbling_pivots": draw(st.integers(1, 3)),
     }

@@ -38,6 +38,9 @@ def fifo_finish(ready: np.ndarray, service: np.ndarray, free: float) -> np.ndarr
     return total + np.maximum(start_slack, free)
 
 
+PAUSE_TIE = 1e-14  # relative channel-time rounding between back-to-back pauses
+
+
 class Clock:
     """The main channel's own time: it stops while an urgent page is on the preempt channel.
 
@@ -81,6 +84,10 @@ class Clock:
         """Pause the channel for ``d`` from real time ``s`` (not before any earlier pause
         has ended); returns the pause's start in channel time."""
         sigma = self.tau(s)
+        if self._sigma and sigma - self._sigma[-1] <= PAUSE_TIE * max(1.0, abs(sigma)):
+            # Back to back with the last pause (the channel has not moved in between): the
+            # same channel instant, not one a rounding error later.
+            sigma = self._sigma[-1]
         self._s.append(s)
         self._d.append(d)
         self._sigma.append(sigma)

@@ -26,7 +26,7 @@ from simpostcopy.models.ledger import (
     Pages,
 )
 from simpostcopy.models.network import Clock
-from simpostcopy.models.source import BubblingScan, LinearScan, RequestQueue
+from simpostcopy.models.source import BubblingScan, LinearScan, RateWindow, RequestQueue
 from simpostcopy.models.vcpu import VCpu
 
 
@@ -83,8 +83,12 @@ class RefSource(RequestQueue):
         inflight_bytes: int,
         start_s: float,
         on_all_placed: Callable[[], None],
+        window: RateWindow | None = None,
+        hold_urgent: bool = True,
     ) -> None:
         super().__init__(env, pages, scan, locality, preempt)
+        self.window = window
+        self.hold_requests = window is not None and (not preempt or hold_urgent)
         self.dest, self.preempt = dest, preempt
         self.bandwidth, self.latency, self.drain_rate = bandwidth, latency, drain_rate
         self.background_rate, self.inflight_bytes = background_rate, inflight_bytes
@@ -155,6 +159,8 @@ class RefSource(RequestQueue):
             via = VIA_REQUEST_PREEMPT
         else:
             self._main_write(h, self.clock.tau(t))
+            if self.window is not None:
+                self.window.charge(np.array([t]), self.pages.wire_bytes[h : h + 1])
             via = VIA_REQUEST_MAIN
         self._mark(h, t, via)
         self._served(f)
@@ -163,26 +169,46 @@ class RefSource(RequestQueue):
     def _run(self, start_s: float) -> Generator[simpy.Event, Any, None]:
         env = self.env
         yield env.timeout(start_s - env.now)
+        window = self.window
         while True:
-            while self._queue:
-                f, t = self._queue.pop(0)
-                self._serve(f, t)
+            # A spent rate-limit window holds requests back until it ends.
+            if not (self.hold_requests and window.spent(env.now)):  # type: ignore[union-attr]
+                while self._queue:
+                    f, _t = self._queue.pop(0)
+                    self._serve(f, env.now)
             if self.unsent == 0:
                 self.done = True
                 return
             h = int(self.scan.next_pages(self.sent, 1)[0])
             wire_bytes = int(self.pages.wire_bytes[h])
             now = self.clock.tau(env.now)
-            ready = self.release if np.isfinite(self.background_rate) else now
+            wake = np.inf  # a spent window's end: the thread wakes then, whatever the socket
+            if window is not None:
+                if window.spent(env.now):
+                    wake = window.end(window.index(env.now))
+                ready = self.clock.tau(wake) if wake < np.inf else now
+            elif np.isfinite(self.background_rate):
+                ready = self.release
+            else:
+                ready = now
             lead = max(self.inflight_bytes - wire_bytes, 0) / self.drain_rate
             start = max(ready, now, self.main_free)
             enq = max(ready, now, start - lead)
             self._kick = env.event()
-            yield _urgent_timeout(env, max(self.clock.real(enq) - env.now, 0.0)) | self._kick
-            if self.clock.real(enq) > env.now + TIE_S:
-                self.scan.keep(0)  # a request came first: decide again after serving it
+            due = min(float(self.clock.real(enq)), wake)
+            yield _urgent_timeout(env, max(due - env.now, 0.0)) | self._kick
+            if (
+                self.clock.real(enq) > env.now + TIE_S
+                or (window is not None and window.spent(env.now))
+                or (self._queue and not (self.hold_requests and window.spent(env.now)))  # type: ignore[union-attr]
+            ):
+                # A request came first (or a held one may go now), or the budget is
+                # spent: decide again.
+                self.scan.keep(0)
                 continue
-            if np.isfinite(self.background_rate):
+            if window is not None:
+                window.charge(np.array([env.now]), np.array([wire_bytes]))
+            elif np.isfinite(self.background_rate):
                 self.release = ready + wire_bytes / self.background_rate
             self._main_write(h, enq)
             self._mark(h, self.clock.real(enq), VIA_BACKGROUND)

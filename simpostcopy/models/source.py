@@ -132,6 +132,50 @@ class BubblingScan:
                 slot[0] = cursor
 
 
+class RateWindow:
+    """QEMU's rate limiter in postcopy: a budget of ``rate * window`` bytes per window.
+
+    Windows of ``window`` seconds are counted from ``start`` (when the postcopy stream
+    begins).  A write is charged to the window it happens in; the migration thread may
+    write while the bytes already charged to the current window do not exceed the budget
+    (so the write that crosses it still goes out), and once they do it sleeps until the
+    window ends (``migration_rate_limit``).  ``qemu_savevm_state_iterate`` returns early
+    while the budget is spent, so requests that arrive then wait for the next window too.
+    """
+
+    def __init__(self, rate: float, window: float, start: float) -> None:
+        self.budget = rate * window
+        self.window = window
+        self.start = start
+        self._used: dict[int, int] = {}
+
+    def index(self, t: float) -> int:
+        """The window real time ``t`` falls in (a boundary belongs to the window it opens)."""
+        return int(np.floor((t - self.start + TIE_S) / self.window))
+
+    def end(self, k: int) -> float:
+        return self.start + (k + 1) * self.window
+
+    def used(self, k: int) -> int:
+        return self._used.get(k, 0)
+
+    def spent(self, t: float) -> bool:
+        """Whether the window of ``t`` has no budget left (by the writes charged so far)."""
+        return self.used(self.index(t)) > self.budget
+
+    def charge(self, at: np.ndarray, nbytes: np.ndarray, sign: int = 1) -> None:
+        """Charge (``sign`` -1: refund) writes of ``nbytes`` at real times ``at``."""
+        k = np.floor((np.asarray(at, dtype=float) - self.start + TIE_S) / self.window)
+        ks, inverse = np.unique(k.astype(np.int64), return_inverse=True)
+        sums = np.bincount(inverse, weights=np.asarray(nbytes, dtype=float))
+        for kk, b in zip(ks.tolist(), sums.tolist(), strict=True):
+            self._used[kk] = self._used.get(kk, 0) + sign * round(b)
+        # Windows that ended long ago can no longer be charged or asked about.
+        if len(self._used) > 64:
+            newest = max(self._used)
+            self._used = {kk: b for kk, b in self._used.items() if kk > newest - 8}
+
+
 class RequestQueue:
     """What both engines' sources share: the REQ_PAGES queue and QEMU's locality rules."""
 
@@ -218,8 +262,13 @@ class Source(RequestQueue):
         chunk_pages: int,
         start_s: float,
         on_all_sent: Callable[[], None],
+        window: RateWindow | None = None,
+        hold_urgent: bool = True,
     ) -> None:
         super().__init__(env, pages, scan, locality, preempt is not None)
+        self.window = window
+        # Whether a spent rate-limit window holds requests back (always for vanilla).
+        self.hold_requests = window is not None and (preempt is None or hold_urgent)
         self.main = main
         self.preempt = preempt
         self.bandwidth = bandwidth
@@ -257,7 +306,7 @@ class Source(RequestQueue):
         if self._written_by(h, t):
             self._duplicate(f)
             return
-        if self.preempt is None or self.moves_scan or self.sent[h]:
+        if self.window is not None or self.preempt is None or self.moves_scan or self.sent[h]:
             # The background plan changes (vanilla queues behind it, the scan moves, or the
             # page itself was planned): take back what is not written yet and re-plan.
             self._withdraw(t)
@@ -267,6 +316,8 @@ class Source(RequestQueue):
             via = VIA_REQUEST_PREEMPT
         else:
             self.main.send_now(h, t)
+            if self.window is not None:
+                self.window.charge(np.array([t]), self.pages.wire_bytes[h : h + 1])
             via = VIA_REQUEST_MAIN
         self._mark_sent(np.array([h]), np.array([t]), via)
         self._served(f)
@@ -281,6 +332,8 @@ class Source(RequestQueue):
     def _withdraw(self, t: float) -> None:
         pages = self.main.truncate_after(t + TIE_S)
         if pages.size:
+            if self.window is not None:
+                self.window.charge(self.pages.sent_at[pages], self.pages.wire_bytes[pages], -1)
             kept = self._plan_ready.size - pages.size
             self._release = float(self._plan_ready[kept])
             self.scan.keep(kept)
@@ -300,6 +353,9 @@ class Source(RequestQueue):
             return
         now = self.main.clock.tau(t)
         wire = self.pages.wire_bytes[pages]
+        if self.window is not None:
+            self._plan_window(pages, wire, now)
+            return
         if np.isfinite(self.background_rate):
             # max-postcopy-bandwidth: the k-th background byte leaves no earlier than
             # start + k / rate (counted over the pages actually sent in the background).
@@ -308,7 +364,17 @@ class Source(RequestQueue):
         else:
             ready = np.full(pages.size, now)
         self._plan_ready = ready
-        ready = np.maximum(ready, now)
+        start, enq = self._enqueue_times(pages, np.maximum(ready, now), now)
+        self.main.mark_plan_start()
+        self.main.append(pages, enq, start)
+        self._mark_sent(pages, self.main.clock.real(enq), VIA_BACKGROUND)
+        self._plan_end = float(enq[-1])
+
+    def _enqueue_times(
+        self, pages: np.ndarray, ready: np.ndarray, now: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Socket start and write times (channel times) of ``pages`` released at ``ready``."""
+        wire = self.pages.wire_bytes[pages]
         start = self.main.schedule(pages, ready, self.main.free)
         # Keep at most inflight_bytes queued in the socket: write the next page once the
         # bytes still ahead of it have drained to inflight_bytes minus its own size.
@@ -317,23 +383,64 @@ class Source(RequestQueue):
         enq = np.maximum.accumulate(
             np.maximum(enq, self.main.enq[-1] if self.main.enq.size else now)
         )
+        return start, enq
+
+    def _plan_window(self, pages: np.ndarray, wire: np.ndarray, now: float) -> None:
+        """Plan the pages the current rate-limit window admits (see RateWindow)."""
+        window = self.window
+        assert window is not None
+        start, enq = self._enqueue_times(pages, np.full(pages.size, now), now)
+        real = self.main.clock.real(enq)
+        k = window.index(float(real[0]))
+        before = window.used(k) + np.cumsum(wire) - wire
+        fits = (real < window.end(k) - TIE_S) & (before <= window.budget)
+        n = int(np.argmin(fits)) if not fits.all() else pages.size
+        self.scan.keep(n)
+        if n == 0:
+            # The window's budget is spent: the thread sleeps to the window's end.
+            self._plan_ready = np.empty(0)
+            self._plan_end = self.main.clock.tau(window.end(k))
+            return
+        pages, start, enq = pages[:n], start[:n], enq[:n]
+        self._plan_ready = np.full(n, now)
         self.main.mark_plan_start()
         self.main.append(pages, enq, start)
-        self._mark_sent(pages, self.main.clock.real(enq), VIA_BACKGROUND)
+        self._mark_sent(pages, real[:n], VIA_BACKGROUND)
+        window.charge(real[:n], wire[:n])
+        # Next: once the plan is written (the socket may carry it into the next window),
+        # or at the window's end if the budget stopped it.
         self._plan_end = float(enq[-1])
+        if n < before.size and before[n] > window.budget and real[n] < window.end(k) - TIE_S:
+            self._plan_end = self.main.clock.tau(window.end(k))
 
     # -- the migration thread ------------------------------------------------------------
     # It costs no time, so it is not a process: a request is served the instant it
     # arrives, and a timer wakes the thread when the plan's last page is written.
     def receive(self, f: Fault) -> None:
-        """A REQ_PAGES message arrived: serve it now, ahead of the background stream."""
-        if self._arrived(f):
-            self._serve(f, self.env.now)
-            self._advance()
+        """A REQ_PAGES message arrived: serve it now, ahead of the background stream,
+        unless the rate-limit window is spent (then at the window's end)."""
+        if not self._arrived(f):
+            return
+        now = self.env.now
+        if self.hold_requests:
+            window = self.window
+            assert window is not None
+            self._withdraw(now)
+            if window.spent(now) or self._queue:
+                self._queue.append((f, now))
+                self._arm(window.end(window.index(now)) if window.spent(now) else now)
+                return
+        self._serve(f, now)
+        self._advance()
 
     def _advance(self) -> None:
-        """Plan the next chunk if the current plan is all written; re-arm the timer."""
+        """Serve held requests once their window is over; plan the next chunk if the
+        current plan is all written; re-arm the timer."""
         now = self.env.now
+        if self._queue and not self.window.spent(now):  # type: ignore[union-attr]  # held
+            queued, self._queue = self._queue, []
+            for f, _t in queued:
+                self._serve(f, now)
         if self.main.clock.real(self._plan_end) <= now + TIE_S:
             if self.unsent == 0:
                 if not self.done:
