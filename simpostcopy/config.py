@@ -208,9 +208,21 @@ class Workload:
     accesses_per_vcpu: int = _field("int", 0, min=0)
     # Share of accesses that write: what dirties pages while precopy runs on the source.
     write_fraction: float = _field("float", 0.2, min=0, max=1)
+    # Where the working set lies: "contiguous" from working_set_offset_bytes, or
+    # "scattered": its pages drawn at random from all of RAM (in address order), as a
+    # kernel's are.
+    layout: str = _field("str", "contiguous", choices=("contiguous", "scattered"))
 
     def __post_init__(self) -> None:
         _validate(self)
+        if self.layout == "scattered" and self.working_set_offset_bytes:
+            raise ScenarioError(
+                "workload.working_set_offset_bytes: invalid value"
+                f" {_bytes_text(self.working_set_offset_bytes)}: must be 0 when"
+                " workload.layout = 'scattered' (the pages are drawn from all of RAM)",
+                key="workload.working_set_offset_bytes",
+                value=self.working_set_offset_bytes,
+            )
         if self.pattern == "trace" and not self.trace_path:
             raise ScenarioError(
                 f"workload.trace_path: invalid value {self.trace_path!r}: a CSV or parquet file"

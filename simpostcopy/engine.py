@@ -32,7 +32,19 @@ from simpostcopy.rng import stream
 CHUNK_BYTES = 8 << 20
 
 
-def _zero_pages(s: Scenario) -> np.ndarray:
+def _working_set(s: Scenario) -> np.ndarray | None:
+    """The target pages of a scattered working set, in address order (None: contiguous)."""
+    g, w = s.guest, s.workload
+    if w.layout == "contiguous" or w.pattern == "trace":
+        return None
+    rng = stream(s.seed, "workload.layout")
+    pages = rng.choice(
+        g.ram_bytes // TARGET_PAGE_BYTES, w.working_set_bytes // TARGET_PAGE_BYTES, replace=False
+    )
+    return np.sort(pages).astype(np.int64)
+
+
+def _zero_pages(s: Scenario, working_set: np.ndarray | None) -> np.ndarray:
     """Host pages whose content is zero when the migration starts."""
     g, w = s.guest, s.workload
     n = g.ram_bytes // g.host_page_bytes
@@ -41,10 +53,13 @@ def _zero_pages(s: Scenario) -> np.ndarray:
         return u < g.zero_page_fraction
     # Only pages outside the working set hold zeros: the same share of RAM, drawn among
     # them (all of them if the share is larger).
-    lo = w.working_set_offset_bytes // g.host_page_bytes
-    hi = -(-(w.working_set_offset_bytes + w.working_set_bytes) // g.host_page_bytes)
     outside = np.ones(n, dtype=bool)
-    outside[lo:hi] = False
+    if working_set is not None:
+        outside[working_set // (g.host_page_bytes // TARGET_PAGE_BYTES)] = False
+    else:
+        lo = w.working_set_offset_bytes // g.host_page_bytes
+        hi = -(-(w.working_set_offset_bytes + w.working_set_bytes) // g.host_page_bytes)
+        outside[lo:hi] = False
     share = min(1.0, g.zero_page_fraction * n / max(1, int(outside.sum())))
     return outside & (u < share)
 
@@ -70,7 +85,7 @@ def _per_host(values: np.ndarray, per_host: int) -> np.ndarray:
     return values.reshape(-1, per_host).max(axis=1) if per_host > 1 else values
 
 
-def _streams(s: Scenario) -> list[AccessStream]:
+def _streams(s: Scenario, working_set: np.ndarray | None) -> list[AccessStream]:
     g, w = s.guest, s.workload
     traces = (
         load_trace(w.trace_path, g.vcpus, g.ram_bytes // TARGET_PAGE_BYTES)
@@ -92,6 +107,7 @@ def _streams(s: Scenario) -> list[AccessStream]:
             trace=traces[v],
             write_rng=stream(s.seed, f"workload.writes.vcpu{v}"),
             write_fraction=w.write_fraction,
+            page_map=working_set,
         )
         for v in range(g.vcpus)
     ]
@@ -122,10 +138,13 @@ def simulate(
     env = simpy.Environment()
     bw = net.bandwidth_bytes_per_s
     per_host = g.host_page_bytes // TARGET_PAGE_BYTES
-    streams = _streams(s)
+    working_set = _working_set(s)
+    streams = _streams(s, working_set)
 
     # Precopy (none with an immediate switch-over) until the guest stops on the source.
-    pre = run_precopy(env, s, streams, np.repeat(_zero_pages(s), per_host), mig.setup_s)
+    pre = run_precopy(
+        env, s, streams, np.repeat(_zero_pages(s, working_set), per_host), mig.setup_s
+    )
     pages = _pages(s, pre.zero.reshape(-1, per_host).all(axis=1))
     switchover_s = pre.switchover_s
     remaining = pre.remaining.reshape(-1, per_host).any(axis=1)  # host pages to move now

@@ -18,6 +18,7 @@ def scenarios(draw: st.DrawFn) -> Scenario:
     ram = host * draw(st.integers(2, 64 if host == 4 * KIB else 4))
     ws = 4 * KIB * draw(st.integers(1, ram // (4 * KIB)))
     pattern = draw(st.sampled_from(["uniform", "hotset", "zipf", "sequential"]))
+    layout = draw(st.sampled_from(["contiguous", "contiguous", "scattered"]))
     over = {
         "seed": draw(st.integers(0, 2**32)),
         "guest.ram_bytes": ram,
@@ -26,9 +27,10 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         "guest.zero_page_fraction": draw(st.sampled_from([0.0, 0.3, 1.0])),
         "workload.pattern": pattern,
         "workload.working_set_bytes": ws,
-        "workload.working_set_offset_bytes": 4
-        * KIB
-        * draw(st.integers(0, (ram - ws) // (4 * KIB))),
+        "workload.working_set_offset_bytes": 0
+        if layout == "scattered"
+        else 4 * KIB * draw(st.integers(0, (ram - ws) // (4 * KIB))),
+        "workload.layout": layout,
         "workload.accesses_per_s": draw(st.sampled_from([1e4, 1e5, 1e6])),
         "workload.accesses_per_vcpu": draw(st.sampled_from([0, 1, 50])),
         "network.bandwidth_bytes_per_s": draw(st.sampled_from([1e7, 1.25e8, 1.25e9])),

@@ -89,8 +89,11 @@ class AccessStream:
         trace: np.ndarray | None = None,
         write_rng: np.random.Generator | None = None,
         write_fraction: float = 0.0,
+        page_map: np.ndarray | None = None,
     ) -> None:
         self.pattern = pattern
+        # A scattered working set: relative page i is target page page_map[i].
+        self._map = page_map
         self._w = working_set_pages
         self._off = offset_pages
         self._rng = rng
@@ -135,6 +138,8 @@ class AccessStream:
             return self._trace[i % self._trace.size]
         else:  # pragma: no cover - the scenario validates pattern names
             raise ValueError(f"unknown pattern {self.pattern!r}")
+        if self._map is not None:
+            return self._map[rel]
         return rel.astype(np.int64) + self._off
 
     def _write_block(self) -> np.ndarray:
