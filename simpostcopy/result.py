@@ -218,19 +218,28 @@ class Result:
         )
 
     # ----------------------------------------------------------------------------------
+    def qemu_blocktime(self) -> tuple[float, list[float]]:
+        """Blocktime as QEMU's ``postcopy-blocktime`` counts it, in seconds: (all vCPUs
+        blocked at once, per vCPU), each fault from the fault thread's read to the
+        placement, faults whose page was placed before the read left out."""
+        fa = self.faults
+        q, _lat = _qemu_window(fa)
+        blocktime = overlap_all(
+            fa["read_s"].to_numpy()[q],
+            fa["placed_s"].to_numpy()[q],
+            fa["vcpu"].to_numpy()[q],
+            self.scenario.guest.vcpus,
+        )
+        return blocktime, self.vcpus["qemu_blocktime_s"].tolist()
+
     def to_qemu(self) -> dict[str, Any]:
         """A dict shaped and named like QEMU's ``query-migrate`` reply (QEMU's own units)."""
         s, g, fa, vc = self.summary, self.scenario.guest, self.faults, self.vcpus
         per_host = g.host_page_bytes // TARGET_PAGE_BYTES
         zero_target = s["zero_pages"] * per_host
         normal_target = g.ram_bytes // TARGET_PAGE_BYTES - zero_target
-        q, lat = _qemu_window(fa)
-        blocktime = overlap_all(
-            fa["read_s"].to_numpy()[q],
-            fa["placed_s"].to_numpy()[q],
-            fa["vcpu"].to_numpy()[q],
-            g.vcpus,
-        )
+        _q, lat = _qemu_window(fa)
+        blocktime, _per_vcpu = self.qemu_blocktime()
         total_ms = _ms(s["total_time_s"])
         return {
             "status": "completed",
