@@ -346,10 +346,19 @@ def _fit(args: argparse.Namespace) -> int:
     keys = [k for k in args.params.split(",") if k]
     if not keys:
         raise CliError("--params: give at least one dotted setting key")
+    metrics = [m for m in args.metrics.split(",") if m]
+    unknown = [m for m in metrics if m not in compare.METRICS]
+    if unknown or not metrics:
+        raise CliError(
+            f"--metrics: invalid value {args.metrics!r}: a comma-separated list of"
+            f" {', '.join(compare.METRICS)}"
+        )
     result = compare.fit(
         list(_records(args.records).values()),
         keys,
         base,
+        metrics=metrics,
+        loss=args.loss,
         rounds=args.rounds,
         progress=lambda m: print(m, flush=True),
     )
@@ -493,6 +502,17 @@ def build_parser() -> argparse.ArgumentParser:
     fitp.add_argument("records", nargs="+", help="run records to fit on")
     fitp.add_argument("--params", required=True, help="dotted keys, e.g. network.inflight_bytes")
     fitp.add_argument("--scenario", help="base scenario TOML")
+    fitp.add_argument(
+        "--metrics",
+        default="total_time_s,postcopy_bytes,postcopy_requests,blocktime_s",
+        help="what the fit matches (comma-separated summary keys)",
+    )
+    fitp.add_argument(
+        "--loss",
+        choices=("linear", "soft_l1"),
+        default="linear",
+        help="squared log errors, or soft L1 (robust to runs the model cannot explain)",
+    )
     fitp.add_argument("--rounds", type=_positive_int, default=3, help="search passes")
     fitp.add_argument("--out", default="fitted.toml", help="the calibrated scenario")
     fitp.set_defaults(func=_fit)

@@ -159,12 +159,25 @@ class Guest:
     vcpus: int = _field("int", 2, min=1)
     # Fraction of host pages whose content is all zeros.
     zero_page_fraction: float = _field("float", 0.1, min=0, max=1)
-    # Where the zero pages are: anywhere (random), or only outside the workload's working
-    # set (a guest's zero pages are the memory it never wrote).
-    zero_page_layout: str = _field("str", "random", choices=("random", "outside_working_set"))
+    # Where the zero pages are: anywhere (random), only outside the workload's working
+    # set (a guest's zero pages are the memory it never wrote), or exactly those marked in
+    # zero_page_map ("map"; zero_page_fraction is then unused).
+    zero_page_layout: str = _field(
+        "str", "random", choices=("random", "outside_working_set", "map")
+    )
+    # A .npy file of booleans, one per 4 KiB page of RAM, True where the page holds only
+    # zeros (e.g. measured from a real guest; see load_zero_map).
+    zero_page_map: str = _field("str", "")
 
     def __post_init__(self) -> None:
         _validate(self)
+        if self.zero_page_layout == "map" and not self.zero_page_map:
+            raise ScenarioError(
+                f"guest.zero_page_map: invalid value {self.zero_page_map!r}: a .npy file path is"
+                " required when guest.zero_page_layout = 'map'",
+                key="guest.zero_page_map",
+                value=self.zero_page_map,
+            )
         if self.ram_bytes % self.host_page_bytes:
             raise ScenarioError(
                 f"guest.ram_bytes: invalid value {_bytes_text(self.ram_bytes)}: must be a"
@@ -208,20 +221,29 @@ class Workload:
     accesses_per_vcpu: int = _field("int", 0, min=0)
     # Share of accesses that write: what dirties pages while precopy runs on the source.
     write_fraction: float = _field("float", 0.2, min=0, max=1)
-    # Where the working set lies: "contiguous" from working_set_offset_bytes, or
-    # "scattered": its pages drawn at random from all of RAM (in address order), as a
-    # kernel's are.
-    layout: str = _field("str", "contiguous", choices=("contiguous", "scattered"))
+    # Where the working set lies: "contiguous" from working_set_offset_bytes, "scattered":
+    # its pages drawn at random from all of RAM (in address order), as a kernel's are, or
+    # "map": exactly the pages listed in working_set_map.
+    layout: str = _field("str", "contiguous", choices=("contiguous", "scattered", "map"))
+    # A .npy file of the working set's target-page numbers, ascending (see load_page_list).
+    working_set_map: str = _field("str", "")
 
     def __post_init__(self) -> None:
         _validate(self)
-        if self.layout == "scattered" and self.working_set_offset_bytes:
+        if self.layout != "contiguous" and self.working_set_offset_bytes:
             raise ScenarioError(
                 "workload.working_set_offset_bytes: invalid value"
                 f" {_bytes_text(self.working_set_offset_bytes)}: must be 0 when"
-                " workload.layout = 'scattered' (the pages are drawn from all of RAM)",
+                f" workload.layout = {self.layout!r} (the pages are not one range)",
                 key="workload.working_set_offset_bytes",
                 value=self.working_set_offset_bytes,
+            )
+        if self.layout == "map" and not self.working_set_map:
+            raise ScenarioError(
+                f"workload.working_set_map: invalid value {self.working_set_map!r}: a .npy file"
+                " path is required when workload.layout = 'map'",
+                key="workload.working_set_map",
+                value=self.working_set_map,
             )
         if self.pattern == "trace" and not self.trace_path:
             raise ScenarioError(
@@ -327,6 +349,55 @@ class FaultPath:
         _validate(self)
 
 
+def load_zero_map(path: str | os.PathLike[str], ram_pages: int) -> np.ndarray:
+    """A zero-page map: a .npy file of ``ram_pages`` booleans (True: the 4 KiB page holds
+    only zeros)."""
+    key = "guest.zero_page_map"
+    try:
+        zero = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ScenarioError(
+            f"{key}: invalid value {str(path)!r}: cannot read it as a .npy file ({exc})",
+            key=key,
+            value=str(path),
+        ) from None
+    if zero.dtype != np.bool_ or zero.shape != (ram_pages,):
+        raise ScenarioError(
+            f"{key}: invalid value {str(path)!r}: holds {zero.dtype} of shape {zero.shape};"
+            f" one boolean per 4 KiB page of guest RAM ({ram_pages}) is required",
+            key=key,
+            value=str(path),
+        )
+    return zero
+
+
+def load_page_list(path: str | os.PathLike[str], ram_pages: int, count: int) -> np.ndarray:
+    """A working-set map: a .npy file of ``count`` target-page numbers, strictly
+    ascending, each below ``ram_pages``."""
+    key = "workload.working_set_map"
+
+    def fail(problem: str) -> ScenarioError:
+        return ScenarioError(
+            f"{key}: invalid value {str(path)!r}: {problem}", key=key, value=str(path)
+        )
+
+    try:
+        pages = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise fail(f"cannot read it as a .npy file ({exc})") from None
+    if pages.ndim != 1 or not np.issubdtype(pages.dtype, np.integer):
+        raise fail(
+            f"holds {pages.dtype} of shape {pages.shape}; a list of page numbers is required"
+        )
+    if pages.size != count:
+        raise fail(
+            f"lists {pages.size} pages; workload.working_set_bytes asks for {count} (4 KiB each)"
+        )
+    if pages.size and (pages[0] < 0 or pages[-1] >= ram_pages or (np.diff(pages) <= 0).any()):
+        raise fail(f"page numbers must be strictly ascending, within 0..{ram_pages - 1}")
+    return pages.astype(np.int64)
+
+
 def load_trace(path: str | os.PathLike[str], vcpus: int, ram_pages: int) -> list[np.ndarray]:
     """Per-vCPU int64 arrays of target-page indices, in file order, from a CSV or parquet trace.
 
@@ -411,6 +482,13 @@ class Scenario:
             )
         if work.pattern == "trace":
             load_trace(work.trace_path, self.guest.vcpus, ram // TARGET_PAGE_BYTES)
+        if work.layout == "map":
+            load_page_list(
+                work.working_set_map, ram // TARGET_PAGE_BYTES,
+                work.working_set_bytes // TARGET_PAGE_BYTES,
+            )  # fmt: skip
+        if self.guest.zero_page_layout == "map":
+            load_zero_map(self.guest.zero_page_map, ram // TARGET_PAGE_BYTES)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "Scenario":

@@ -9,7 +9,13 @@ import numpy as np
 import simpy
 
 from simpostcopy import __version__
-from simpostcopy.config import TARGET_PAGE_BYTES, Scenario, load_trace
+from simpostcopy.config import (
+    TARGET_PAGE_BYTES,
+    Scenario,
+    load_page_list,
+    load_trace,
+    load_zero_map,
+)
 from simpostcopy.distributions import Draws
 from simpostcopy.models.destination import Destination
 from simpostcopy.models.ledger import VIA_PRECOPY, Fault, Pages
@@ -33,10 +39,16 @@ CHUNK_BYTES = 8 << 20
 
 
 def _working_set(s: Scenario) -> np.ndarray | None:
-    """The target pages of a scattered working set, in address order (None: contiguous)."""
+    """The target pages of a scattered or mapped working set, in address order (None:
+    contiguous)."""
     g, w = s.guest, s.workload
     if w.layout == "contiguous" or w.pattern == "trace":
         return None
+    if w.layout == "map":
+        return load_page_list(
+            w.working_set_map, g.ram_bytes // TARGET_PAGE_BYTES,
+            w.working_set_bytes // TARGET_PAGE_BYTES,
+        )  # fmt: skip
     rng = stream(s.seed, "workload.layout")
     pages = rng.choice(
         g.ram_bytes // TARGET_PAGE_BYTES, w.working_set_bytes // TARGET_PAGE_BYTES, replace=False
@@ -51,6 +63,10 @@ def _zero_pages(s: Scenario, working_set: np.ndarray | None) -> np.ndarray:
     u = stream(s.seed, "guest.zero_pages").random(n)
     if g.zero_page_layout == "random":
         return u < g.zero_page_fraction
+    if g.zero_page_layout == "map":
+        # A host page is a zero page when all its target pages are.
+        zero = load_zero_map(g.zero_page_map, g.ram_bytes // TARGET_PAGE_BYTES)
+        return zero.reshape(n, -1).all(axis=1)
     # Only pages outside the working set hold zeros: the same share of RAM, drawn among
     # them (all of them if the share is larger).
     outside = np.ones(n, dtype=bool)

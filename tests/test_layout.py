@@ -26,7 +26,7 @@ def test_pages_are_distinct_sorted_spread_and_seeded():
     s = scattered()
     ws = _working_set(s)
     assert ws is not None and ws.size == 256 and np.unique(ws).size == 256
-    assert (np.diff(ws) > 0).all() and 0 <= ws[0] and ws[-1] < 16384
+    assert (np.diff(ws) > 0).all() and ws[0] >= 0 and ws[-1] < 16384
     # Spread over RAM: every quarter of it holds some (P(a quarter is empty) ~ 1e-32).
     assert np.unique(ws // 4096).size == 4
     assert np.array_equal(ws, _working_set(scattered()))
@@ -47,5 +47,88 @@ def test_accesses_and_zero_pages_follow_the_scattered_set():
 
 
 def test_scattered_needs_no_offset():
-    with pytest.raises(ScenarioError, match="workload.working_set_offset_bytes.*scattered"):
+    with pytest.raises(ScenarioError, match=r"workload\.working_set_offset_bytes.*scattered"):
         scattered(**{"workload.working_set_offset_bytes": "4 KiB"})
+
+
+# -- a measured zero-page map ----------------------------------------------------------------
+def mapped(path, **over) -> Scenario:
+    return Scenario().override(
+        {
+            "guest.ram_bytes": "8 MiB",
+            "guest.host_page_bytes": "2 MiB",
+            "guest.zero_page_layout": "map",
+            "guest.zero_page_map": str(path),
+            "workload.working_set_bytes": "4 KiB",
+            **over,
+        }
+    )
+
+
+def test_zero_map_marks_host_pages_whose_target_pages_are_all_zero(tmp_path):
+    zero = np.ones(2048, dtype=bool)
+    zero[5] = False  # one 4 KiB page of data in host page 0
+    zero[1024:1536] = False  # all of host page 2
+    np.save(tmp_path / "z.npy", zero)
+    s = mapped(tmp_path / "z.npy")
+    assert _zero_pages(s, None).tolist() == [False, True, False, True]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, r"guest\.zero_page_map: invalid value ''.*required"),
+        (np.ones(100, dtype=bool), r"guest\.zero_page_map: .*shape \(100,\).*\(2048\)"),
+        (np.ones(2048, dtype=np.int8), r"guest\.zero_page_map: .*holds int8"),
+        (b"not numpy", r"guest\.zero_page_map: .*cannot read it as a \.npy file"),
+    ],
+)
+def test_bad_zero_maps_are_clear_errors(tmp_path, content, message):
+    path = tmp_path / "z.npy"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        np.save(path, content)
+    with pytest.raises(ScenarioError, match=message):
+        mapped(path if content is not None else "")
+
+
+# -- a working set given page by page ----------------------------------------------------------
+def listed(path, **over) -> Scenario:
+    return Scenario().override(
+        {
+            "guest.ram_bytes": "8 MiB",
+            "workload.pattern": "sequential",
+            "workload.working_set_bytes": "12 KiB",
+            "workload.layout": "map",
+            "workload.working_set_map": str(path),
+            "workload.accesses_per_vcpu": 30,
+            **over,
+        }
+    )
+
+
+def test_a_listed_working_set_is_swept_in_address_order(tmp_path):
+    np.save(tmp_path / "ws.npy", np.array([7, 1000, 2047]))
+    s = listed(tmp_path / "ws.npy", **{"guest.vcpus": 1})
+    assert _working_set(s).tolist() == [7, 1000, 2047]
+    fa = simulate(s).faults
+    assert fa.target_page.tolist()[:3] == [7, 1000, 2047]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, r"workload\.working_set_map: invalid value ''.*required"),
+        (np.array([1, 2]), r"lists 2 pages; workload\.working_set_bytes asks for 3"),
+        (np.array([3, 2, 9]), r"strictly ascending, within 0\.\.2047"),
+        (np.array([1, 2, 2048]), r"strictly ascending, within 0\.\.2047"),
+        (np.array([0.5, 1, 2]), r"holds float64"),
+    ],
+)
+def test_bad_working_set_maps_are_clear_errors(tmp_path, content, message):
+    path = tmp_path / "ws.npy"
+    if content is not None:
+        np.save(path, content)
+    with pytest.raises(ScenarioError, match=message):
+        listed(path if content is not None else "")

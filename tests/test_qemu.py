@@ -7,9 +7,11 @@ import json
 import math
 import shutil
 import socket
+import tempfile
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from simpostcopy.cli import main
@@ -103,6 +105,8 @@ class FakeQmp:
                 msg = json.loads(line)
                 self.commands.append(msg["execute"])
                 answer = self.answers.get(msg["execute"], {"return": {}})
+                if callable(answer):
+                    answer = answer(msg.get("arguments", {}))
                 if answer == "close":
                     conn.close()
                     return
@@ -237,6 +241,54 @@ def test_matching_scenario_follows_the_run():
     )
 
 
+def test_matching_scenario_models_qemus_rate_limiter_version_and_idle_kernel():
+    import copy
+
+    from simpostcopy.config import Scenario
+    from simpostcopy.qemu.compare import CAP_BOUND, matching_scenario
+
+    record = importer.load(REAL)
+    assert record["qemu_version"]["major"] == 7
+    s = matching_scenario(record)
+    # QEMU 7.2 sends requested pages from its migration thread; no cap: the link is the
+    # rate the run achieved, in the default 100 ms windows.
+    assert s.migration.urgent_sender == "migration_thread"
+    assert s.migration.max_postcopy_bandwidth_bytes_per_s == 0
+    assert s.migration.rate_limit_window_s == 0.1
+    achieved = record["source"]["ram"]["mbps"] * 1e6 / 8
+    # A cap the run reached: bursts at the host's link speed (the base scenario's).
+    capped = copy.deepcopy(record)
+    capped["spec"]["max_postcopy_bandwidth_bytes_per_s"] = achieved / CAP_BOUND
+    base = Scenario().override({"network.bandwidth_bytes_per_s": 3 * achieved})
+    s = matching_scenario(capped, base)
+    assert s.network.bandwidth_bytes_per_s == pytest.approx(3 * achieved)
+    assert s.migration.max_postcopy_bandwidth_bytes_per_s == pytest.approx(achieved / CAP_BOUND)
+    # A cap it stayed well below: the link is what it achieved.
+    capped["spec"]["max_postcopy_bandwidth_bytes_per_s"] = 2 * achieved
+    assert matching_scenario(capped, base).network.bandwidth_bytes_per_s == pytest.approx(achieved)
+    # QEMU 8 on: the return-path thread sends them.
+    capped["qemu_version"] = {"major": 8, "minor": 2, "micro": 0}
+    assert matching_scenario(capped).migration.urgent_sender == "return_path"
+    # The idle guest: its kernel's pages, scattered and written.
+    capped["spec"]["workload"] = "idle"
+    w = matching_scenario(capped).workload
+    assert (w.layout, w.working_set_bytes, w.write_fraction) == ("scattered", 128 << 10, 1.0)
+
+
+def test_simulated_blocktime_is_qemus():
+    from simpostcopy.engine import simulate
+    from simpostcopy.qemu.compare import matching_scenario, simulated
+
+    s = matching_scenario(importer.load(REAL))
+    r = simulate(s)
+    out = simulated(s)
+    q = r.to_qemu()
+    assert out["blocktime_s"] == pytest.approx(q["postcopy-blocktime"] / 1e3, abs=5e-4)
+    assert out["vcpu_blocktime_s"] == pytest.approx(r.vcpus["qemu_blocktime_s"].tolist())
+    # QEMU's view leaves out what happens before the fault thread reads a fault.
+    assert out["blocktime_s"] < r.summary["blocktime_s"]
+
+
 def test_compare_table_and_figure(tmp_path, capsys):
     from simpostcopy.qemu.compare import METRICS, compare
 
@@ -279,3 +331,88 @@ def test_fit_moves_a_parameter_towards_the_data(tmp_path, capsys):
     from simpostcopy.config import Scenario
 
     assert Scenario.from_toml(out).network.inflight_bytes == result.params["network.inflight_bytes"]
+
+
+# -- where the guest's data lies ------------------------------------------------------------------
+def test_memory_layout_maps_zero_pages_and_reads_the_buffer_frames(tmp_path):
+    from simpostcopy.qemu.harness import decode_zero_map, memory_layout
+
+    pages = 64
+    ram = np.zeros((pages, 4096), dtype=np.uint8)
+    nonzero = [1, 2, 40, 63]
+    for p in nonzero:
+        ram[p, 4095 if p % 2 else 0] = 7  # a single byte anywhere makes it non-zero
+
+    def pmemsave(args):
+        assert args["val"] == 0 and args["size"] == pages * 4096
+        Path(args["filename"]).write_bytes(ram.tobytes())
+        return {"return": {}}
+
+    server = FakeQmp(tmp_path / "q.qmp", {"pmemsave": pmemsave})
+    serial = tmp_path / "serial"
+    serial.write_bytes(b"guest up\r\nwl frames mib=5 0 0 703 1280 12\r\nwl runs 3\r\n")
+    layout = memory_layout(Qmp(server.path, timeout_s=5), pages * 4096, serial)
+    zero = decode_zero_map(layout["zero_map"], pages)
+    assert np.flatnonzero(~zero).tolist() == nonzero
+    assert layout["zero_pages"] == pages - len(nonzero)
+    assert (layout["frames_bin_mib"], layout["frames"]) == (5, [0, 0, 703, 1280, 12])
+    assert not list(Path(tempfile.gettempdir()).glob("simpostcopy-ram-*"))  # dropped
+
+
+def test_frame_pages_put_each_bins_pages_at_its_top():
+    from simpostcopy.qemu.compare import frame_pages
+
+    # 5 MiB bins of 1280 pages: 3 pages at the top of bin 1, all of bin 2, none beyond.
+    pages = frame_pages([0, 3, 1280], 5, 1 << 30)
+    assert pages.tolist() == [2557, 2558, 2559, *range(2560, 3840)]
+    assert frame_pages([0, 0], 5, 1 << 30).size == 0
+    assert frame_pages([1280, 1280], 5, 8 << 20).tolist() == list(range(2048))  # within RAM
+
+
+def test_matching_scenario_uses_the_measured_zero_map_and_buffer(tmp_path, monkeypatch):
+    import copy
+
+    from simpostcopy.engine import simulate
+    from simpostcopy.qemu import compare
+    from simpostcopy.qemu.harness import encode_zero_map
+
+    monkeypatch.setattr(compare, "MAP_DIR", tmp_path / "maps")
+    record = copy.deepcopy(importer.load(REAL))
+    pages = record["spec"]["ram_mib"] << 8
+    zero = np.ones(pages, dtype=bool)
+    zero[: pages // 4] = False  # the first quarter holds data
+    record["guest"]["zero_map"] = encode_zero_map(zero)
+    s = compare.matching_scenario(record)
+    assert s.guest.zero_page_layout == "map"
+    assert np.array_equal(np.load(s.guest.zero_page_map), zero)
+    assert compare.matching_scenario(record).guest.zero_page_map == s.guest.zero_page_map
+    r = simulate(s.override({"workload.write_fraction": 0.0}))
+    assert r.summary["zero_pages"] == int(zero.sum())
+    # The buffer's frames (2 MiB bins of 512 pages): the workload touches exactly those.
+    record["guest"] |= {"frames_bin_mib": 2, "frames": [0, 100, 512]}
+    s = compare.matching_scenario(record)
+    assert (s.workload.layout, s.workload.working_set_bytes) == ("map", 612 * 4096)
+    assert np.load(s.workload.working_set_map).tolist() == list(range(924, 1536))
+    faults = simulate(s).faults
+    assert len(faults) and faults.target_page.between(924, 1535).all()
+
+
+def test_fit_losses_and_metrics(capsys):
+    from simpostcopy.qemu.compare import _loss, fit
+
+    res = np.array([0.0, 0.5, -3.0])
+    assert _loss(res, "linear") == pytest.approx(0.25 + 9.0)
+    # Soft L1: ~r^2 for small errors, ~2|r| for large ones.
+    assert _loss(res, "soft_l1") == pytest.approx(2 * (np.sqrt(1.25) - 1) + 2 * (np.sqrt(10) - 1))
+    with pytest.raises(QemuError, match="loss: invalid value 'huber'"):
+        fit([importer.load(REAL)], ["network.inflight_bytes"], loss="huber")
+    result = fit(
+        [importer.load(REAL)],
+        ["network.inflight_bytes"],
+        metrics=["total_time_s"],
+        loss="soft_l1",
+        rounds=1,
+    )
+    assert math.isfinite(result.loss) and result.loss >= 0
+    assert main(["fit", str(REAL), "--params", "network.inflight_bytes", "--metrics", "speed"]) == 2
+    assert "--metrics: invalid value 'speed'" in capsys.readouterr().err

@@ -1,6 +1,6 @@
 """Fit the model to a third of the real runs and compare it with the rest.
 
-    python experiments/qemu/fit_and_compare.py [--params a,b] [--rounds N]
+    python experiments/qemu/fit_and_compare.py [--params a,b] [--metrics m,n] [--rounds N]
 
 Training set: repetition 1 at 100 and 1024 MiB/s (12 of the 36 runs of matrix.py);
 held out: everything else.  Writes fitted.toml, compare_default.csv (all runs, default
@@ -39,7 +39,15 @@ def spread(records: dict[str, dict]) -> pd.Series:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--params", default="fault_path.place_fixed_s,network.inflight_bytes")
+    parser.add_argument(
+        "--params",
+        default="fault_path.place_fixed_s,network.inflight_bytes,network.bandwidth_bytes_per_s",
+    )
+    # Page requests are left out of the fit: the model misses them by orders of magnitude
+    # for reasons no fitted setting can fix (see the README); they are still compared on
+    # the held-out runs.
+    parser.add_argument("--metrics", default="total_time_s,postcopy_bytes,blocktime_s")
+    parser.add_argument("--loss", default="soft_l1", choices=("linear", "soft_l1"))
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     records = {p.stem: importer.load(p) for p in sorted((HERE / "runs").glob("*.json"))}
@@ -56,6 +64,8 @@ def main() -> None:
         list(train.values()),
         keys,
         Scenario(),
+        metrics=args.metrics.split(","),
+        loss=args.loss,
         rounds=args.rounds,
         progress=lambda m: print(m, flush=True),
     )

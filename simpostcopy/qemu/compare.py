@@ -11,9 +11,12 @@ kernel's own ~1000 touches a second over 128 KiB; ``seq,N``: a sequential sweep 
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +26,7 @@ from simpostcopy.config import Scenario, ScenarioError, setting_kind, setting_va
 from simpostcopy.engine import simulate
 from simpostcopy.qemu import importer
 from simpostcopy.qemu.errors import QemuError
+from simpostcopy.qemu.harness import decode_zero_map
 
 # Compared quantities: (summary key of the real run, of the simulation).
 METRICS = {
@@ -34,6 +38,8 @@ METRICS = {
     "guest_longest_stall_s": "latency_max_s",
 }
 IDLE_BYTES = 128 << 10
+# Where measured page maps (zero pages, the workload's buffer) are kept as .npy files.
+MAP_DIR = Path.home() / ".cache" / "simpostcopy" / "maps"
 CAP_BOUND = 0.8
 # What a fit minimises over: the metrics every QEMU reports.
 FIT_METRICS = ("total_time_s", "postcopy_bytes", "postcopy_requests", "blocktime_s")
@@ -89,6 +95,19 @@ def matching_scenario(
             "workload.accesses_per_s": rate,
             "workload.write_fraction": 1.0,
         }
+    guest = record.get("guest") or {}
+    if words[0] != "idle" and guest.get("frames"):
+        # Where the buffer really lies (its frames per bin, from the guest's pagemap).
+        pages = frame_pages(guest["frames"], guest["frames_bin_mib"], ram_bytes)
+        # The random workload writes the first HOTMIB MiB of its buffer: its first pages
+        # (frames are handed out mostly in ascending runs, so address order stands in for
+        # the buffer's own order).
+        pages = pages[: workload["workload.working_set_bytes"] // 4096]
+        workload |= {
+            "workload.layout": "map",
+            "workload.working_set_map": str(_cached(pages, "ws")),
+            "workload.working_set_bytes": pages.size * 4096,
+        }
     over: dict[str, Any] = {
         "guest.ram_bytes": ram_bytes,
         "guest.vcpus": spec["vcpus"],
@@ -98,6 +117,7 @@ def matching_scenario(
         "guest.zero_page_fraction": ram.get("duplicate", 0)
         / max(1, ram.get("duplicate", 0) + ram.get("normal", 0)),
         "guest.zero_page_layout": "random" if words[0] == "idle" else "outside_working_set",
+        **_zero_map(guest, ram_bytes),
         "network.bandwidth_bytes_per_s": bandwidth,
         "network.preempt": bool(spec["preempt"]),
         # QEMU 7.x sends requested pages from the migration thread, 8.0 on from the
@@ -120,10 +140,53 @@ def matching_scenario(
             "migration.max_bandwidth_bytes_per_s": spec["max_bandwidth_bytes_per_s"],
             "migration.downtime_limit_s": 0.0,  # QEMU switched on request, not on convergence
         }
+    elif not math.isfinite(switch) and real.get("postcopy_bytes", 0) == 0:
+        # Precopy converged before the switch-over request took effect: QEMU completed
+        # the migration in precopy (stop and copy), so does the model.
+        over |= {
+            "migration.switchover": "precopy",
+            "migration.max_bandwidth_bytes_per_s": spec["max_bandwidth_bytes_per_s"],
+        }
     try:
         return base.override(over)
     except ScenarioError as exc:
         raise QemuError(f"cannot build the matching scenario: {exc}") from None
+
+
+def frame_pages(frames: Sequence[int], bin_mib: int, ram_bytes: int) -> np.ndarray:
+    """The workload buffer's target pages from its frames per bin (the workload's "wl
+    frames" line): within a bin, its pages are taken to lie contiguously at the top (so a
+    partly filled bin joins the full one after it, as the frames Linux hands a fresh
+    process mostly run on)."""
+    per_bin = (bin_mib << 20) // 4096
+    parts = [
+        np.arange((b + 1) * per_bin - min(int(c), per_bin), (b + 1) * per_bin, dtype=np.int64)
+        for b, c in enumerate(frames)
+        if c
+    ]
+    pages = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+    return pages[pages < ram_bytes // 4096]
+
+
+def _cached(array: np.ndarray, kind: str) -> Path:
+    """``array`` saved as .npy under MAP_DIR, named by its content (written once)."""
+    MAP_DIR.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256(array.tobytes() + str(array.dtype).encode()).hexdigest()[:20]
+    path = MAP_DIR / f"{kind}-{digest}.npy"
+    if not path.exists():
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+        np.save(tmp, array)
+        os.replace(tmp, path)
+    return path
+
+
+def _zero_map(guest: dict[str, Any], ram_bytes: int) -> dict[str, Any]:
+    """Settings for the zero-page map measured before the run (none in older records)."""
+    text = guest.get("zero_map")
+    if not text:
+        return {}
+    path = _cached(decode_zero_map(text, ram_bytes // 4096), "zero")
+    return {"guest.zero_page_layout": "map", "guest.zero_page_map": str(path)}
 
 
 def _major(version: Any) -> int:
@@ -183,13 +246,16 @@ class Fit:
 
 
 def _residuals(
-    records: Sequence[dict[str, Any]], reals: Sequence[dict[str, Any]], scenario: Scenario
+    records: Sequence[dict[str, Any]],
+    reals: Sequence[dict[str, Any]],
+    scenario: Scenario,
+    metrics: Sequence[str] = FIT_METRICS,
 ) -> np.ndarray:
-    """Log errors of the fitted metrics over ``records`` (``reals``: their summaries)."""
+    """Log errors of ``metrics`` over ``records`` (``reals``: their summaries)."""
     residuals = []
     for record, real in zip(records, reals, strict=True):
         sim = simulated(matching_scenario(record, scenario, real))
-        for metric in FIT_METRICS:
+        for metric in metrics:
             r, s = _value(real.get(metric)), _value(sim.get(METRICS[metric]))
             if r > 0 and s > 0 and math.isfinite(r) and math.isfinite(s):
                 residuals.append(math.log(s) - math.log(r))
@@ -221,12 +287,19 @@ def fit(
     keys: Sequence[str],
     base: Scenario | None = None,
     *,
+    metrics: Sequence[str] = FIT_METRICS,
+    loss: str = "linear",
     rounds: int = 3,
     progress: Callable[[str], None] = lambda _msg: None,
 ) -> Fit:
-    """Least squares on log errors over ``keys`` (log-scaled, bounded): a golden-section
-    search per parameter, ``rounds`` passes; standard errors from the curvature of the
-    loss at the optimum (Gauss-Newton, residual variance from the fit)."""
+    """Least squares on log errors of ``metrics`` over ``keys`` (log-scaled, bounded): a
+    golden-section search per parameter, ``rounds`` passes; standard errors from the
+    curvature of the loss at the optimum (Gauss-Newton, residual variance from the fit).
+    ``loss``: "linear" sums squared log errors; "soft_l1" sums 2(sqrt(1 + r^2) - 1), which
+    grows only linearly for large errors, so a few runs the model cannot explain do not
+    steer the fit (standard errors then from the reweighted Gauss-Newton step)."""
+    if loss not in LOSSES:
+        raise QemuError(f"loss: invalid value {loss!r}: one of {', '.join(LOSSES)}")
     base = base or Scenario()
     reals = [importer.summary(r) for r in records]
     bounds = [bounds_of(k, base) for k in keys]
@@ -242,11 +315,10 @@ def fit(
     def residuals_at(xs: Sequence[float]) -> np.ndarray:
         nonlocal evals
         evals += 1
-        return _residuals(records, reals, base.override(values_at(xs)))
+        return _residuals(records, reals, base.override(values_at(xs)), metrics)
 
     def loss_at(xs: Sequence[float]) -> float:
-        res = residuals_at(xs)
-        return float(res @ res)
+        return _loss(residuals_at(xs), loss)
 
     golden = (math.sqrt(5) - 1) / 2
     for r in range(rounds):
@@ -280,16 +352,27 @@ def fit(
         / (2 * h)
         for i in range(len(keys))
     ]
-    jac = np.column_stack(cols)
+    # Robust loss: each residual weighs 1/sqrt(1 + r^2) (iteratively reweighted LS).
+    weight = 1 / np.sqrt(1 + res**2) if loss == "soft_l1" else np.ones_like(res)
+    jac = np.column_stack(cols) * np.sqrt(weight)[:, None]
     dof = max(1, res.size - len(keys))
-    sigma2 = float(res @ res) / dof
+    sigma2 = float(weight @ res**2) / dof
     try:
         cov = sigma2 * np.linalg.inv(jac.T @ jac)
         log_sd = np.sqrt(np.clip(np.diag(cov), 0, None))
     except np.linalg.LinAlgError:
         log_sd = np.full(len(keys), math.inf)
     stderr = {k: float(values[k] * sd) for k, sd in zip(keys, log_sd, strict=True)}
-    return Fit(values, stderr, float(res @ res), evals)
+    return Fit(values, stderr, _loss(res, loss), evals)
+
+
+LOSSES = ("linear", "soft_l1")
+
+
+def _loss(res: np.ndarray, loss: str) -> float:
+    if loss == "soft_l1":
+        return float(np.sum(2 * (np.sqrt(1 + res**2) - 1)))
+    return float(res @ res)
 
 
 def _cast(key: str, value: float) -> float:

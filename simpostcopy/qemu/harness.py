@@ -14,6 +14,7 @@ guest's touch rate and longest stall, and where the raw logs are.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -22,11 +23,15 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
+import zlib
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from simpostcopy import __version__
 from simpostcopy.qemu.errors import QemuError
@@ -106,6 +111,49 @@ class RunRecord:
     switchover_requested_s: float | None = None  # migrate-start-postcopy, host time
     started_s: float = 0.0  # migrate issued, host time (set by drive)
     tool: str = f"simpostcopy {__version__}"
+
+
+# The workload's "wl frames" line: its buffer's pages per bin of guest-physical memory.
+FRAMES_LINE = re.compile(rb"wl frames mib=(?P<mib>\d+)(?P<counts>(?: \d+)*)")
+PAGE = 4096
+
+
+def encode_zero_map(zero: np.ndarray) -> str:
+    """A page bitmap as text for the JSON record: zlib-compressed packed bits, base64."""
+    return base64.b64encode(zlib.compress(np.packbits(zero).tobytes(), 9)).decode()
+
+
+def decode_zero_map(text: str, pages: int) -> np.ndarray:
+    """The bitmap ``encode_zero_map`` wrote (``pages`` long)."""
+    bits = np.unpackbits(np.frombuffer(zlib.decompress(base64.b64decode(text)), dtype=np.uint8))
+    if bits.size < pages:
+        raise QemuError(f"the record's zero-page map covers {bits.size} pages, not {pages}")
+    return bits[:pages].astype(bool)
+
+
+def memory_layout(qmp: Qmp, ram_bytes: int, serial: Path) -> dict[str, Any]:
+    """Where the guest's data lies, just before the migration: which 4 KiB pages of RAM
+    hold only zeros (QMP pmemsave of all of RAM, read back and dropped) and, from the
+    workload's console, where its buffer's frames are."""
+    fd, name = tempfile.mkstemp(prefix="simpostcopy-ram-", suffix=".bin")
+    os.close(fd)
+    path = Path(name)
+    try:
+        qmp.execute("pmemsave", timeout_s=120.0, val=0, size=ram_bytes, filename=name)
+        zero = np.empty(ram_bytes // PAGE, dtype=bool)
+        chunk = 16384  # pages (64 MiB) at a time
+        with path.open("rb") as f:
+            for lo in range(0, zero.size, chunk):
+                raw = np.frombuffer(f.read(chunk * PAGE), dtype=np.uint64)
+                zero[lo : lo + raw.size // 512] = ~raw.reshape(-1, 512).any(axis=1)
+    finally:
+        path.unlink(missing_ok=True)
+    layout: dict[str, Any] = {"zero_map": encode_zero_map(zero), "zero_pages": int(zero.sum())}
+    m = FRAMES_LINE.search(serial.read_bytes() if serial.exists() else b"")
+    if m:
+        layout["frames_bin_mib"] = int(m["mib"])
+        layout["frames"] = [int(c) for c in m["counts"].split()]
+    return layout
 
 
 _KVM_FAILED: list[bool] = []  # set once KVM failed to boot the guest (auto tries it once)
@@ -264,6 +312,7 @@ def run(
                 if q.proc.poll() is not None:
                     raise QemuError(f"{q.name} QEMU died during the migration; log: {q.log}")
 
+        layout = memory_layout(src.qmp, spec.ram_mib << 20, src.serial)
         drive(src.qmp, dst.qmp, spec, record, alive)
         before = len(_workload_lines(dst.serial))
         if not _wait_lines(dst, before + 2, 30.0):
@@ -273,9 +322,12 @@ def run(
         rates = sorted(x["rate"] for x in src_lines[1:]) or [0.0]
         record.guest = {
             "touch_rate_per_s": rates[len(rates) // 2],
-            "longest_stall_s": (dst_lines[-1]["max"] if dst_lines else 0.0) * 1e-6,
+            # On the destination only (the source's pauses, e.g. for pmemsave, are not the
+            # migration's): the longest gap between two touches in any of its intervals.
+            "longest_stall_s": max((x["interval"] for x in dst_lines), default=0.0) * 1e-6,
             "source_lines": len(src_lines),
             "destination_lines": len(dst_lines),
+            **layout,
         }
         record.logs = {q.name: str(q.log) for q in (src, dst)} | {
             f"{q.name}_serial": str(q.serial) for q in (src, dst)

@@ -25,6 +25,37 @@ static double now(void) {
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* Where the buffer lies in guest-physical memory (root reads PFNs from pagemap): one
+ * line "wl frames mib=<bin MiB> <pages in bin 0> <pages in bin 1> ..." over all of RAM,
+ * then "wl runs <n>" (maximal runs of consecutive frames, in buffer order). */
+static void report_frames(unsigned char *buf, size_t pages) {
+    FILE *f = fopen("/proc/self/pagemap", "rb");
+    if (!f) { printf("wl frames unavailable\n"); return; }
+    enum { BINS = 256 };
+    static unsigned long bins[BINS];
+    unsigned long long max_pfn = (unsigned long long)sysconf(_SC_PHYS_PAGES) * 5 / 4;
+    unsigned long bin_pages = (unsigned long)((max_pfn + BINS - 1) / BINS);
+    bin_pages = (bin_pages + 255) / 256 * 256; /* whole MiB */
+    unsigned long long prev = 0, runs = 0;
+    for (size_t i = 0; i < pages; i++) {
+        uint64_t e = 0;
+        uintptr_t v = (uintptr_t)(buf + i * PAGE) / PAGE;
+        if (fseeko(f, (off_t)(v * 8), SEEK_SET) || fread(&e, 8, 1, f) != 1) break;
+        if (!(e >> 63)) continue;
+        unsigned long long pfn = e & ((1ULL << 55) - 1);
+        if (i == 0 || pfn != prev + 1) runs++;
+        prev = pfn;
+        if (pfn / bin_pages < BINS) bins[pfn / bin_pages]++;
+    }
+    fclose(f);
+    printf("wl frames mib=%lu", bin_pages / 256);
+    int last = BINS - 1;
+    while (last > 0 && !bins[last]) last--;
+    for (int b = 0; b <= last; b++) printf(" %lu", bins[b]);
+    printf("\nwl runs %llu\n", runs);
+    fflush(stdout);
+}
+
 int main(int argc, char **argv) {
     const char *mode = argc > 1 ? argv[1] : "idle";
     size_t mib = argc > 2 ? strtoul(argv[2], NULL, 10) : 0;
@@ -37,6 +68,7 @@ int main(int argc, char **argv) {
         if (!buf) { printf("wl error: cannot allocate %zu MiB\n", mib); fflush(stdout); return 1; }
         for (size_t i = 0; i < pages; i++) buf[i * PAGE] = (unsigned char)i;
     }
+    if (pages) report_frames(buf, pages);
     printf("wl start mode=%s mib=%zu hot_mib=%zu\n", mode, mib, hot);
     fflush(stdout);
     uint64_t x = 88172645463325252ULL, touches = 0, last_touches = 0;
