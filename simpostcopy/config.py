@@ -128,6 +128,16 @@ def _validate(obj: Any) -> None:
         object.__setattr__(obj, f.name, value)
 
 
+def _require_path(key: str, value: str, what: str, when: str) -> None:
+    """A file setting that another setting makes necessary must be given."""
+    if not value:
+        raise ScenarioError(
+            f"{key}: invalid value {value!r}: {what} path is required when {when}",
+            key=key,
+            value=value,
+        )
+
+
 def _bytes_text(n: int) -> str:
     return f"{n} ({format_bytes(n)})"
 
@@ -171,13 +181,9 @@ class Guest:
 
     def __post_init__(self) -> None:
         _validate(self)
-        if self.zero_page_layout == "map" and not self.zero_page_map:
-            raise ScenarioError(
-                f"guest.zero_page_map: invalid value {self.zero_page_map!r}: a .npy file path is"
-                " required when guest.zero_page_layout = 'map'",
-                key="guest.zero_page_map",
-                value=self.zero_page_map,
-            )
+        if self.zero_page_layout == "map":
+            _require_path("guest.zero_page_map", self.zero_page_map, "a .npy file",
+                          "guest.zero_page_layout = 'map'")  # fmt: skip
         if self.ram_bytes % self.host_page_bytes:
             raise ScenarioError(
                 f"guest.ram_bytes: invalid value {_bytes_text(self.ram_bytes)}: must be a"
@@ -238,20 +244,12 @@ class Workload:
                 key="workload.working_set_offset_bytes",
                 value=self.working_set_offset_bytes,
             )
-        if self.layout == "map" and not self.working_set_map:
-            raise ScenarioError(
-                f"workload.working_set_map: invalid value {self.working_set_map!r}: a .npy file"
-                " path is required when workload.layout = 'map'",
-                key="workload.working_set_map",
-                value=self.working_set_map,
-            )
-        if self.pattern == "trace" and not self.trace_path:
-            raise ScenarioError(
-                f"workload.trace_path: invalid value {self.trace_path!r}: a CSV or parquet file"
-                " path is required when workload.pattern = 'trace'",
-                key="workload.trace_path",
-                value=self.trace_path,
-            )
+        if self.layout == "map":
+            _require_path("workload.working_set_map", self.working_set_map, "a .npy file",
+                          "workload.layout = 'map'")  # fmt: skip
+        if self.pattern == "trace":
+            _require_path("workload.trace_path", self.trace_path, "a CSV or parquet file",
+                          "workload.pattern = 'trace'")  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
