@@ -295,6 +295,7 @@ def _qemu(args: argparse.Namespace) -> int:
             preempt=args.preempt,
             precopy_s=args.precopy_s,
             accel=args.accel,
+            trace=tuple(t for t in (args.trace or "").split(",") if t),
         )
         record = harness.run(spec, Path(args.out), image=guest.build(args.guest_dir))
         print(json.dumps(importer.summary(asdict(record)), indent=2))
@@ -483,6 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
     qemu.add_argument("--preempt", action="store_true", help="postcopy-preempt capability")
     qemu.add_argument("--precopy-s", type=float, default=0.0, help="precopy before the switch")
     qemu.add_argument("--accel", choices=["auto", "kvm", "tcg"], default="auto")
+    qemu.add_argument(
+        "--trace", help="QEMU trace events to log with timestamps, comma-separated (run)"
+    )
     qemu.add_argument("--json", action="store_true", help="import: one JSON line per record")
     qemu.set_defaults(func=_qemu)
 

@@ -416,3 +416,36 @@ def test_fit_losses_and_metrics(capsys):
     assert math.isfinite(result.loss) and result.loss >= 0
     assert main(["fit", str(REAL), "--params", "network.inflight_bytes", "--metrics", "speed"]) == 2
     assert "--metrics: invalid value 'speed'" in capsys.readouterr().err
+
+
+def test_trace_reader_matches_requests_to_placements(tmp_path):
+    from simpostcopy.qemu import trace
+
+    log = tmp_path / "destination.log"
+    log.write_bytes(
+        b"11@100.000000:postcopy_place_page host=0x7f0000000000\n"
+        b"11@100.000005:postcopy_place_page host=0x7f0000001000\n"
+        b"11@100.000010:postcopy_place_page_zero host=0x7f0000002000\n"
+        b"12@100.000012:postcopy_ram_fault_thread_request Request for HVA=0x7f0000005000"
+        b" rb=pc.ram offset=0x5000 pid=3\n"
+        b"11@100.000040:postcopy_place_page host=0x7f0000003000\n"
+        b"11@100.000045:postcopy_place_page host=0x7f0000004000\n"
+        b"11@100.000050:postcopy_place_page host=0x7f0000005000\n"
+        b"not a trace line\n"
+        b"11@100.000080:postcopy_place_page host=0x7f0000006000\n"
+    )
+    t = trace.read(log)
+    assert t.requests.offset.tolist() == [0x5000]
+    assert t.requests.t_s.iloc[0] == pytest.approx(12e-6, abs=1e-9)
+    assert t.requests.wait_s.iloc[0] == pytest.approx(38e-6, abs=1e-9)
+    assert t.placements.size == 7
+    # Lumps of three pages 5 us apart, then a 30 us gap.
+    lumps = trace.lumps(t.placements)
+    assert lumps["pages_per_lump"] == 3
+    assert lumps["lump_gap_s"] == pytest.approx(30e-6, abs=1e-9)
+    assert lumps["page_gap_s"] == pytest.approx(5e-6, abs=1e-9)
+
+
+def test_trace_events_are_checked():
+    with pytest.raises(QemuError, match="trace: invalid value 'a b'"):
+        RunSpec(trace=("postcopy_place_page", "a b"))

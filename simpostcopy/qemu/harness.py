@@ -59,8 +59,17 @@ class RunSpec:
     boot_timeout_s: float = 120.0
     migrate_timeout_s: float = 600.0
     poll_s: float = 0.05
+    # QEMU trace events (patterns as -trace takes them) logged with timestamps into both
+    # QEMUs' logs, e.g. ("postcopy_place_page*", "postcopy_ram_fault_thread_request").
+    trace: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        bad = [t for t in self.trace if not re.fullmatch(r"[A-Za-z0-9_*]+", t)]
+        if bad:
+            raise QemuError(
+                f"trace: invalid value {bad[0]!r}: a QEMU trace event name or pattern"
+                " (letters, digits, _ and *)"
+            )
         if self.accel not in ("auto", "kvm", "tcg"):
             raise QemuError(f"accel: invalid value {self.accel!r}: use auto, kvm or tcg")
         if not re.fullmatch(r"idle|seq,\d+|rand,\d+,\d+", self.workload):
@@ -184,6 +193,8 @@ def _start(
     ]  # fmt: skip
     if incoming:
         cmd += ["-incoming", "defer"]
+    if spec.trace:
+        cmd += ["-msg", "timestamp=on"] + [a for t in spec.trace for a in ("-trace", t)]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     q = Qemu(name, proc, qmp_path, serial, log)

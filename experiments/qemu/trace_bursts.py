@@ -1,0 +1,79 @@
+"""Why the model misses page requests: trace one real run's destination and set it beside
+the model.
+
+    python experiments/qemu/trace_bursts.py [--workload seq,512] [--cap-mib 300]
+        [--log destination.log --record run.json]
+
+Runs one TCG postcopy migration with QEMU's fault-thread requests and page placements
+traced (or reads an earlier run's log and record), then prints and writes to
+trace_bursts.csv, for QEMU and for the model fitted in fitted.toml: requests, their
+median wait from the fault thread's request to the placement, and how the placement
+stream comes in lumps (pages between gaps of more than 15 us, and those gaps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from simpostcopy.config import Scenario
+from simpostcopy.engine import simulate
+from simpostcopy.qemu import compare, harness, importer, trace
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workload", default="seq,512")
+    parser.add_argument("--cap-mib", type=int, default=300)
+    parser.add_argument("--log", type=Path, help="an earlier run's destination log")
+    parser.add_argument("--record", type=Path, help="that run's record")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.log and args.record:
+            log, record = args.log, importer.load(args.record)
+        else:
+            spec = harness.RunSpec(
+                workload=args.workload,
+                max_bandwidth_bytes_per_s=args.cap_mib << 20,
+                max_postcopy_bandwidth_bytes_per_s=args.cap_mib << 20,
+                accel="tcg",
+                trace=trace.EVENTS,
+            )
+            out = Path(tmp) / "run.json"
+            harness.run(spec, out, workdir=Path(tmp) / "logs")
+            log, record = Path(tmp) / "logs" / "destination.log", importer.load(out)
+        real = trace.read(log)
+        result = simulate(
+            compare.matching_scenario(record, Scenario.from_toml(HERE / "fitted.toml"))
+        )
+    fa = result.faults[result.faults.requested]
+    placed = np.sort(result.pages.placed_s.to_numpy())
+    placed = placed[placed > result.summary["destination_start_s"]]
+    rows = [
+        {
+            "source": "QEMU",
+            "requests": len(real.requests),
+            "wait_median_s": float(real.requests.wait_s.median()),
+            **trace.lumps(real.placements),
+        },
+        {
+            "source": "model",
+            "requests": len(fa),
+            "wait_median_s": float((fa.placed_s - fa.request_sent_s).median()),
+            **trace.lumps(placed),
+        },
+    ]
+    table = pd.DataFrame(rows)
+    table.insert(1, "run", f"{args.workload} at {args.cap_mib} MiB/s")
+    table.to_csv(HERE / "trace_bursts.csv", index=False)
+    print(table.to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()
