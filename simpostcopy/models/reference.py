@@ -86,9 +86,7 @@ class RefSource(RequestQueue):
         window: RateWindow | None = None,
         hold_urgent: bool = True,
     ) -> None:
-        super().__init__(env, pages, scan, locality, preempt)
-        self.window = window
-        self.hold_requests = window is not None and (not preempt or hold_urgent)
+        super().__init__(env, pages, scan, locality, preempt, window, hold_urgent)
         self.dest, self.preempt = dest, preempt
         self.bandwidth, self.latency, self.drain_rate = bandwidth, latency, drain_rate
         self.background_rate, self.inflight_bytes = background_rate, inflight_bytes
@@ -159,8 +157,7 @@ class RefSource(RequestQueue):
             via = VIA_REQUEST_PREEMPT
         else:
             self._main_write(h, self.clock.tau(t))
-            if self.window is not None:
-                self.window.charge(np.array([t]), self.pages.wire_bytes[h : h + 1])
+            self._charge_main(h, t)
             via = VIA_REQUEST_MAIN
         self._mark(h, t, via)
         self._served(f)
@@ -172,7 +169,7 @@ class RefSource(RequestQueue):
         window = self.window
         while True:
             # A spent rate-limit window holds requests back until it ends.
-            if not (self.hold_requests and window.spent(env.now)):  # type: ignore[union-attr]
+            if not self.held(env.now):
                 while self._queue:
                     f, _t = self._queue.pop(0)
                     self._serve(f, env.now)
@@ -200,14 +197,14 @@ class RefSource(RequestQueue):
             if (
                 self.clock.real(enq) > env.now + TIE_S
                 or (window is not None and window.spent(env.now))
-                or (self._queue and not (self.hold_requests and window.spent(env.now)))  # type: ignore[union-attr]
+                or (self._queue and not self.held(env.now))
             ):
                 # A request came first (or a held one may go now), or the budget is
                 # spent: decide again.
                 self.scan.keep(0)
                 continue
             if window is not None:
-                window.charge(np.array([env.now]), np.array([wire_bytes]))
+                window.charge(env.now, wire_bytes)
             elif np.isfinite(self.background_rate):
                 self.release = ready + wire_bytes / self.background_rate
             self._main_write(h, enq)

@@ -149,9 +149,12 @@ class RateWindow:
         self.start = start
         self._used: dict[int, int] = {}
 
+    def _indices(self, at: np.ndarray | float) -> np.ndarray:
+        return np.floor((np.asarray(at, dtype=float) - self.start + TIE_S) / self.window)
+
     def index(self, t: float) -> int:
         """The window real time ``t`` falls in (a boundary belongs to the window it opens)."""
-        return int(np.floor((t - self.start + TIE_S) / self.window))
+        return int(self._indices(t))
 
     def end(self, k: int) -> float:
         return self.start + (k + 1) * self.window
@@ -163,11 +166,11 @@ class RateWindow:
         """Whether the window of ``t`` has no budget left (by the writes charged so far)."""
         return self.used(self.index(t)) > self.budget
 
-    def charge(self, at: np.ndarray, nbytes: np.ndarray, sign: int = 1) -> None:
+    def charge(self, at: np.ndarray | float, nbytes: np.ndarray | int, sign: int = 1) -> None:
         """Charge (``sign`` -1: refund) writes of ``nbytes`` at real times ``at``."""
-        k = np.floor((np.asarray(at, dtype=float) - self.start + TIE_S) / self.window)
-        ks, inverse = np.unique(k.astype(np.int64), return_inverse=True)
-        sums = np.bincount(inverse, weights=np.asarray(nbytes, dtype=float))
+        k = np.atleast_1d(self._indices(at)).astype(np.int64)
+        ks, inverse = np.unique(k, return_inverse=True)
+        sums = np.bincount(inverse, weights=np.atleast_1d(np.asarray(nbytes, dtype=float)))
         for kk, b in zip(ks.tolist(), sums.tolist(), strict=True):
             self._used[kk] = self._used.get(kk, 0) + sign * round(b)
         # Windows that ended long ago can no longer be charged or asked about.
@@ -186,9 +189,15 @@ class RequestQueue:
         scan: LinearScan | BubblingScan,
         locality: str,
         preempt: bool,
+        window: RateWindow | None = None,
+        hold_urgent: bool = True,
     ) -> None:
         self.env = env
         self.pages = pages
+        self.window = window
+        # Whether a spent rate-limit window holds requests back (always for vanilla; with
+        # preempt only when the migration thread sends urgent pages, QEMU 7.x).
+        self.hold_requests = window is not None and (not preempt or hold_urgent)
         self.scan = scan
         self.locality = locality
         # Whether serving a request moves the background scan: QEMU vanilla continues
@@ -220,6 +229,15 @@ class RequestQueue:
         self._queue.append((f, self.env.now))
         if self._kick is not None and not self._kick.triggered:
             self._kick.succeed()
+
+    def held(self, t: float) -> bool:
+        """Whether a request arriving at real time ``t`` must wait for the next window."""
+        return self.hold_requests and self.window.spent(t)  # type: ignore[union-attr]
+
+    def _charge_main(self, h: int, t: float) -> None:
+        """An urgent page written on the main channel at ``t`` counts against the cap."""
+        if self.window is not None:
+            self.window.charge(t, self.pages.wire_bytes[h])
 
     def _duplicate(self, f: Fault) -> None:
         # QEMU skips a queued page that is no longer dirty: it went out already.
@@ -265,10 +283,7 @@ class Source(RequestQueue):
         window: RateWindow | None = None,
         hold_urgent: bool = True,
     ) -> None:
-        super().__init__(env, pages, scan, locality, preempt is not None)
-        self.window = window
-        # Whether a spent rate-limit window holds requests back (always for vanilla).
-        self.hold_requests = window is not None and (preempt is None or hold_urgent)
+        super().__init__(env, pages, scan, locality, preempt is not None, window, hold_urgent)
         self.main = main
         self.preempt = preempt
         self.bandwidth = bandwidth
@@ -316,8 +331,7 @@ class Source(RequestQueue):
             via = VIA_REQUEST_PREEMPT
         else:
             self.main.send_now(h, t)
-            if self.window is not None:
-                self.window.charge(np.array([t]), self.pages.wire_bytes[h : h + 1])
+            self._charge_main(h, t)
             via = VIA_REQUEST_MAIN
         self._mark_sent(np.array([h]), np.array([t]), via)
         self._served(f)
@@ -393,7 +407,8 @@ class Source(RequestQueue):
         real = self.main.clock.real(enq)
         k = window.index(float(real[0]))
         before = window.used(k) + np.cumsum(wire) - wire
-        fits = (real < window.end(k) - TIE_S) & (before <= window.budget)
+        in_window = real < window.end(k) - TIE_S
+        fits = in_window & (before <= window.budget)
         n = int(np.argmin(fits)) if not fits.all() else pages.size
         self.scan.keep(n)
         if n == 0:
@@ -410,7 +425,7 @@ class Source(RequestQueue):
         # Next: once the plan is written (the socket may carry it into the next window),
         # or at the window's end if the budget stopped it.
         self._plan_end = float(enq[-1])
-        if n < before.size and before[n] > window.budget and real[n] < window.end(k) - TIE_S:
+        if n < pages.size and in_window[n]:  # stopped by the budget, not by the window's end
             self._plan_end = self.main.clock.tau(window.end(k))
 
     # -- the migration thread ------------------------------------------------------------
@@ -426,9 +441,10 @@ class Source(RequestQueue):
             window = self.window
             assert window is not None
             self._withdraw(now)
-            if window.spent(now) or self._queue:
+            held = self.held(now)
+            if held or self._queue:
                 self._queue.append((f, now))
-                self._arm(window.end(window.index(now)) if window.spent(now) else now)
+                self._arm(window.end(window.index(now)) if held else now)
                 return
         self._serve(f, now)
         self._advance()
@@ -437,7 +453,7 @@ class Source(RequestQueue):
         """Serve held requests once their window is over; plan the next chunk if the
         current plan is all written; re-arm the timer."""
         now = self.env.now
-        if self._queue and not self.window.spent(now):  # type: ignore[union-attr]  # held
+        if self._queue and not self.held(now):
             queued, self._queue = self._queue, []
             for f, _t in queued:
                 self._serve(f, now)
