@@ -341,19 +341,17 @@ def _compare(args: argparse.Namespace) -> int:
 
 def _fit(args: argparse.Namespace) -> int:
     """``simpostcopy fit REAL... --params a,b``: fit settings to real runs."""
+    from simpostcopy import calibration
     from simpostcopy.qemu import compare
 
     base = Scenario.from_toml(args.scenario) if args.scenario else Scenario()
     keys = [k for k in args.params.split(",") if k]
     if not keys:
         raise CliError("--params: give at least one dotted setting key")
-    metrics = [m for m in args.metrics.split(",") if m]
-    unknown = [m for m in metrics if m not in compare.METRICS]
-    if unknown or not metrics:
-        raise CliError(
-            f"--metrics: invalid value {args.metrics!r}: a comma-separated list of"
-            f" {', '.join(compare.METRICS)}"
-        )
+    try:
+        metrics = calibration.sequence_arg(args.metrics, tuple(compare.METRICS), "--metrics")
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
     result = compare.fit(
         list(_records(args.records).values()),
         keys,

@@ -22,7 +22,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from simpostcopy.config import Scenario, ScenarioError, setting_kind, setting_value
+from simpostcopy.config import (
+    TARGET_PAGE_BYTES,
+    Scenario,
+    ScenarioError,
+    setting_kind,
+    setting_value,
+)
 from simpostcopy.engine import simulate
 from simpostcopy.qemu import importer
 from simpostcopy.qemu.errors import QemuError
@@ -102,16 +108,16 @@ def matching_scenario(
         # The random workload writes the first HOTMIB MiB of its buffer: its first pages
         # (frames are handed out mostly in ascending runs, so address order stands in for
         # the buffer's own order).
-        pages = pages[: workload["workload.working_set_bytes"] // 4096]
+        pages = pages[: workload["workload.working_set_bytes"] // TARGET_PAGE_BYTES]
         workload |= {
             "workload.layout": "map",
             "workload.working_set_map": str(_cached(pages, "ws")),
-            "workload.working_set_bytes": pages.size * 4096,
+            "workload.working_set_bytes": pages.size * TARGET_PAGE_BYTES,
         }
     over: dict[str, Any] = {
         "guest.ram_bytes": ram_bytes,
         "guest.vcpus": spec["vcpus"],
-        "guest.host_page_bytes": 4096,
+        "guest.host_page_bytes": TARGET_PAGE_BYTES,
         # QEMU's zero pages, among all it sent (RAM plus its ROM and video blocks); the
         # workload's buffer holds data, so the zeros lie outside it.
         "guest.zero_page_fraction": ram.get("duplicate", 0)
@@ -158,14 +164,14 @@ def frame_pages(frames: Sequence[int], bin_mib: int, ram_bytes: int) -> np.ndarr
     frames" line): within a bin, its pages are taken to lie contiguously at the top (so a
     partly filled bin joins the full one after it, as the frames Linux hands a fresh
     process mostly run on)."""
-    per_bin = (bin_mib << 20) // 4096
+    per_bin = (bin_mib << 20) // TARGET_PAGE_BYTES
     parts = [
         np.arange((b + 1) * per_bin - min(int(c), per_bin), (b + 1) * per_bin, dtype=np.int64)
         for b, c in enumerate(frames)
         if c
     ]
     pages = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
-    return pages[pages < ram_bytes // 4096]
+    return pages[pages < ram_bytes // TARGET_PAGE_BYTES]
 
 
 def _cached(array: np.ndarray, kind: str) -> Path:
@@ -185,7 +191,7 @@ def _zero_map(guest: dict[str, Any], ram_bytes: int) -> dict[str, Any]:
     text = guest.get("zero_map")
     if not text:
         return {}
-    path = _cached(decode_zero_map(text, ram_bytes // 4096), "zero")
+    path = _cached(decode_zero_map(text, ram_bytes // TARGET_PAGE_BYTES), "zero")
     return {"guest.zero_page_layout": "map", "guest.zero_page_map": str(path)}
 
 

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from simpostcopy import __version__
+from simpostcopy.config import TARGET_PAGE_BYTES
 from simpostcopy.qemu.errors import QemuError
 from simpostcopy.qemu.guest import APT_PACKAGES, GuestImage, build
 from simpostcopy.qemu.qmp import Qmp, QmpError
@@ -124,7 +125,6 @@ class RunRecord:
 
 # The workload's "wl frames" line: its buffer's pages per bin of guest-physical memory.
 FRAMES_LINE = re.compile(rb"wl frames mib=(?P<mib>\d+)(?P<counts>(?: \d+)*)")
-PAGE = 4096
 
 
 def encode_zero_map(zero: np.ndarray) -> str:
@@ -149,11 +149,11 @@ def memory_layout(qmp: Qmp, ram_bytes: int, serial: Path) -> dict[str, Any]:
     path = Path(name)
     try:
         qmp.execute("pmemsave", timeout_s=120.0, val=0, size=ram_bytes, filename=name)
-        zero = np.empty(ram_bytes // PAGE, dtype=bool)
+        zero = np.empty(ram_bytes // TARGET_PAGE_BYTES, dtype=bool)
         chunk = 16384  # pages (64 MiB) at a time
         with path.open("rb") as f:
             for lo in range(0, zero.size, chunk):
-                raw = np.frombuffer(f.read(chunk * PAGE), dtype=np.uint64)
+                raw = np.frombuffer(f.read(chunk * TARGET_PAGE_BYTES), dtype=np.uint64)
                 zero[lo : lo + raw.size // 512] = ~raw.reshape(-1, 512).any(axis=1)
     finally:
         path.unlink(missing_ok=True)
