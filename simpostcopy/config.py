@@ -347,24 +347,29 @@ class FaultPath:
         _validate(self)
 
 
+def _npy_error(key: str, path: str | os.PathLike[str], problem: str) -> ScenarioError:
+    return ScenarioError(f"{key}: invalid value {str(path)!r}: {problem}", key=key, value=str(path))
+
+
+def _load_npy(key: str, path: str | os.PathLike[str]) -> np.ndarray:
+    """The array in the .npy file setting ``key`` names (a clear error if unreadable)."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise _npy_error(key, path, f"cannot read it as a .npy file ({exc})") from None
+
+
 def load_zero_map(path: str | os.PathLike[str], ram_pages: int) -> np.ndarray:
     """A zero-page map: a .npy file of ``ram_pages`` booleans (True: the 4 KiB page holds
     only zeros)."""
     key = "guest.zero_page_map"
-    try:
-        zero = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise ScenarioError(
-            f"{key}: invalid value {str(path)!r}: cannot read it as a .npy file ({exc})",
-            key=key,
-            value=str(path),
-        ) from None
+    zero = _load_npy(key, path)
     if zero.dtype != np.bool_ or zero.shape != (ram_pages,):
-        raise ScenarioError(
-            f"{key}: invalid value {str(path)!r}: holds {zero.dtype} of shape {zero.shape};"
-            f" one boolean per 4 KiB page of guest RAM ({ram_pages}) is required",
-            key=key,
-            value=str(path),
+        raise _npy_error(
+            key,
+            path,
+            f"holds {zero.dtype} of shape {zero.shape}; one boolean per 4 KiB page of guest"
+            f" RAM ({ram_pages}) is required",
         )
     return zero
 
@@ -373,26 +378,23 @@ def load_page_list(path: str | os.PathLike[str], ram_pages: int, count: int) -> 
     """A working-set map: a .npy file of ``count`` target-page numbers, strictly
     ascending, each below ``ram_pages``."""
     key = "workload.working_set_map"
-
-    def fail(problem: str) -> ScenarioError:
-        return ScenarioError(
-            f"{key}: invalid value {str(path)!r}: {problem}", key=key, value=str(path)
-        )
-
-    try:
-        pages = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise fail(f"cannot read it as a .npy file ({exc})") from None
+    pages = _load_npy(key, path)
     if pages.ndim != 1 or not np.issubdtype(pages.dtype, np.integer):
-        raise fail(
-            f"holds {pages.dtype} of shape {pages.shape}; a list of page numbers is required"
+        raise _npy_error(
+            key,
+            path,
+            f"holds {pages.dtype} of shape {pages.shape}; a list of page numbers is required",
         )
     if pages.size != count:
-        raise fail(
-            f"lists {pages.size} pages; workload.working_set_bytes asks for {count} (4 KiB each)"
+        raise _npy_error(
+            key,
+            path,
+            f"lists {pages.size} pages; workload.working_set_bytes asks for {count} (4 KiB each)",
         )
     if pages.size and (pages[0] < 0 or pages[-1] >= ram_pages or (np.diff(pages) <= 0).any()):
-        raise fail(f"page numbers must be strictly ascending, within 0..{ram_pages - 1}")
+        raise _npy_error(
+            key, path, f"page numbers must be strictly ascending, within 0..{ram_pages - 1}"
+        )
     return pages.astype(np.int64)
 
 
