@@ -46,6 +46,12 @@ TINY: dict[str, Any] = {
     "fault_path.wake_s": 5e-6,
 }
 
+# The tiny scenario's stage costs: uffd delivery, request, one-way latency, placing a 4 KiB
+# page, wake-up, and a 4 KiB page's wire time.
+D, R, L, WAKE = 10e-6, 5e-6, 100e-6, 5e-6
+PLACE4K = 2e-6 + 4096 * 1e-10
+WIRE4K = 4096 / 1e9
+
 
 def tiny(**changes: Any) -> Scenario:
     """The tiny scenario with ``changes`` given as keyword names using '__' for '.'."""

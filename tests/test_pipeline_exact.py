@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from conftest import MIB, tiny
+from conftest import MIB, PLACE4K, WAKE, WIRE4K, D, L, R, tiny
 
 from simpostcopy.engine import simulate
-
-D, R, L, PLACE4K, WAKE = 10e-6, 5e-6, 100e-6, 2e-6 + 4096 * 1e-10, 5e-6
-WIRE4K = 4096 / 1e9
 
 
 def approx(x: float):

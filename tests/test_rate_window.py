@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import KIB, MIB, tiny
+from conftest import KIB, MIB, PLACE4K, WAKE, WIRE4K, D, L, R, tiny
 
 from simpostcopy.engine import simulate
 from simpostcopy.models.source import RateWindow
 
-D, R, L, PLACE4K, WAKE = 10e-6, 5e-6, 100e-6, 2e-6 + 4096 * 1e-10, 5e-6
-WIRE4K = 4096 / 1e9
 W = 0.1
 
 
