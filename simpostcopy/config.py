@@ -262,6 +262,10 @@ class Network:
     latency_s: float = _field("time", "100 us", min=0)  # one way
     inflight_bytes: int = _field("bytes", "12 MiB", min=0)
     preempt: bool = _field("bool", False)
+    # The destination reads a channel into a buffer of this size (QEMU's QEMUFile
+    # IO_BUF_SIZE) and places the pages of one read before the next; fault_path.recv_s
+    # is one read's cost.
+    recv_buffer_bytes: int = _field("bytes", "32 KiB", gt=0)
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -340,6 +344,10 @@ class FaultPath:
     place_fixed_s: Dist = _field("dist", "1.6 us", check=_nonnegative)
     place_per_byte_s: float = _field("float", 3.5e-10, min=0)  # seconds per byte
     wake_s: Dist = _field("dist", "8 us", check=_nonnegative)
+    # One read of a migration channel by its receiving thread (a recvmsg into the
+    # network.recv_buffer_bytes buffer); 0: reads cost nothing (pages are placed as they
+    # arrive).  See the README's "Receiving thread".
+    recv_s: float = _field("time", 0, min=0)
     # The calibration file these costs came from ("" = none); see Scenario.with_calibration.
     calibration: str = _field("str", "")
 

@@ -19,7 +19,7 @@ from simpostcopy.config import (
 from simpostcopy.distributions import Draws
 from simpostcopy.models.destination import Destination
 from simpostcopy.models.ledger import VIA_PRECOPY, Fault, Pages
-from simpostcopy.models.network import Channel, UrgentChannel
+from simpostcopy.models.network import Channel, Reader, UrgentChannel
 from simpostcopy.models.precopy import (
     DISCARD_RANGE_BYTES,
     PrecopyOutcome,
@@ -237,7 +237,9 @@ def simulate(
         else None
     )
     hold_urgent = mig.urgent_sender == "migration_thread"
-    drain_rate = min(bw, float(pages.wire_bytes.max() / np.median(pages.place_cost_s)))
+    reader = Reader(s.fault_path.recv_s, net.recv_buffer_bytes)
+    busy = reader.busy(pages.wire_bytes, pages.place_cost_s)
+    drain_rate = min(bw, float(pages.wire_bytes.max() / np.median(busy)))
     if engine == "reference":
         source = RefSource(
             env,
@@ -255,9 +257,12 @@ def simulate(
             on_all_placed=finish,
             window=window,
             hold_urgent=hold_urgent,
+            reader=reader,
         )
     else:
-        main = Channel(bw, net.latency_s, pages, dest.appended, free=link_free_s)
+        main = Channel(
+            bw, net.latency_s, pages, dest.channel_changed, free=link_free_s, reader=reader
+        )
         dest.in_flight = main
         preempt = (
             UrgentChannel(
@@ -267,6 +272,7 @@ def simulate(
                 pages.wire_bytes,
                 dest.update_one,
                 link_free_s,
+                reader,
             )
             if net.preempt
             else None

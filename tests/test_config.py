@@ -287,6 +287,8 @@ BAD_SCENARIOS = [
     ({"migration": {"locality": "far"}}, "migration.locality", "'far'", "'bubbling'"),
     ({"migration": {"bubbling_pivots": 0}}, "migration.bubbling_pivots", "0", ">= 1"),
     ({"fault_path": {"wake_s": "-1 ms"}}, "fault_path.wake_s", "'-1 ms'", ">= 0"),
+    ({"fault_path": {"recv_s": "-2 us"}}, "fault_path.recv_s", "'-2 us'", ">= 0"),
+    ({"network": {"recv_buffer_bytes": 0}}, "network.recv_buffer_bytes", "0", "> 0"),
     ({"seed": -1}, "seed", "-1", ">= 0"),
     ({"guest.ram_bytes": "1 GiB", "guest": {"ram_bytes": 1}}, "guest.ram_bytes", "1", "twice"),
 ]  # fmt: skip

@@ -37,6 +37,10 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         "network.latency_s": draw(st.sampled_from([0.0, 50e-6, 1e-3])),
         "network.inflight_bytes": draw(st.sampled_from([0, 64 * KIB, 4 * MIB])),
         "network.preempt": draw(st.booleans()),
+        # Reads free, and reads dearer than placing a page, in QEMU's buffer and in one
+        # that takes two 4 KiB pages.
+        "fault_path.recv_s": draw(st.sampled_from([0.0, 0.0, 5e-6, 30e-6])),
+        "network.recv_buffer_bytes": draw(st.sampled_from([32 * KIB, 8 * KIB + 16])),
         "migration.setup_s": draw(st.sampled_from([0.0, 0.01])),
         "migration.device_state_bytes": draw(st.sampled_from([0, 100_000])),
         "migration.max_postcopy_bandwidth_bytes_per_s": draw(st.sampled_from([0, 5e6, 2e8])),

@@ -74,8 +74,9 @@ class Destination:
             last = max(last, self.in_flight.last_placement())
         return last
 
-    def appended(self) -> None:
-        """The main channel took new pages: a page someone waits for may be among them."""
+    def channel_changed(self) -> None:
+        """The main channel took new pages (a page someone waits for may be among them) or
+        its placements moved in a way that can bring one forward: check the waits again."""
         for h in self._waiters:
             self._schedule_wake(h)
 

@@ -13,8 +13,10 @@ channel's pending work by the same time.
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_right
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -36,6 +38,76 @@ def fifo_finish(ready: np.ndarray, service: np.ndarray, free: float) -> np.ndarr
     total = np.cumsum(service)
     start_slack = np.maximum.accumulate(ready - (total - service))
     return total + np.maximum(start_slack, free)
+
+
+@dataclass(frozen=True)
+class Reader:
+    """How a channel's receiving thread reads its socket: QEMU's ``QEMUFile`` fills a
+    buffer of ``buffer_bytes`` (IO_BUF_SIZE, 32 KiB) with one read, which costs
+    ``cost_s``, then places the pages in it one by one.
+
+    A read takes the whole pages that have arrived when it starts, up to the buffer's
+    size; a page larger than the buffer is read alone, in as many reads as it fills
+    buffers.  The thread starts a read when it has placed everything it read before, or,
+    idle, when the next page arrives.  So a busy thread places pages in lumps of a
+    buffer, with one read's cost between lumps, and an idle one pays a read per page.
+    With ``cost_s`` 0 reads change nothing: each page is placed when it has arrived and
+    the page before it is placed.
+    """
+
+    cost_s: float = 0.0
+    buffer_bytes: int = 32768
+
+    def reads(self, wire: np.ndarray) -> np.ndarray:
+        """Reads needed by a page of ``wire`` bytes read alone."""
+        return np.maximum(1, -(-wire // self.buffer_bytes))
+
+    def busy(self, wire: np.ndarray, cost: np.ndarray) -> np.ndarray:
+        """The thread's time per page while it reads full buffers (its placement cost plus
+        its share of a read): how fast it lets a socket drain."""
+        if not self.cost_s:
+            return cost
+        share = np.where(wire > self.buffer_bytes, self.reads(wire), wire / self.buffer_bytes)
+        return cost + self.cost_s * share
+
+    def alone(self, arrived: float, free: float, wire: int, cost: float) -> float:
+        """Placement of a page read on its own (the preempt channel's urgent pages)."""
+        reads = max(1, math.ceil(wire / self.buffer_bytes)) if self.cost_s else 0
+        return max(arrived, free) + self.cost_s * reads + cost
+
+    def receive(
+        self,
+        arrived: np.ndarray,
+        wire: np.ndarray,
+        cost: np.ndarray,
+        state: tuple[float, float, float],
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Placement times of pages arriving (in order) at ``arrived``, and for each the
+        time of the read that took it and the bytes that read had taken up to it.
+
+        ``state`` is the thread's after the page before: when it placed it, the time of
+        its read and that read's bytes so far.
+        """
+        n = arrived.size
+        free, t, used = state
+        if not self.cost_s:
+            place = fifo_finish(arrived, cost, free)
+            return place, np.full(n, -np.inf), np.full(n, np.inf)
+        # One read's cost and placement at a time (a scalar loop: reads group pages
+        # irregularly, and the sums run in the reference engine's order).
+        size, read_s = self.buffer_bytes, self.cost_s
+        p, rt, ru = [0.0] * n, [0.0] * n, [0.0] * n
+        items = zip(arrived.tolist(), wire.tolist(), cost.tolist(), strict=True)
+        for i, (a, w, c) in enumerate(items):
+            if a <= t + TIE_S and used + w <= size:
+                used += w  # joins the read under way
+                free += c
+            else:
+                t = a if a > free else free
+                used = w
+                free = t + (read_s if w <= size else read_s * -(-w // size)) + c
+            p[i], rt[i], ru[i] = free, t, used
+        return np.array(p), np.array(rt), np.array(ru)
 
 
 PAUSE_TIE = 1e-14  # relative channel-time rounding between back-to-back pauses
@@ -114,15 +186,20 @@ class Channel:
     receiving thread places pages (TCP flow control), so an item holds it for the longer
     of its wire time and its placement cost, while its own bytes still travel at wire
     speed.  An item arrives one latency after its last byte leaves (``real(end)``) and
-    the receiving thread places items FIFO: ``P[i] = max(A[i], P[i-1]) + cost[i]``.
+    the receiving thread reads and places them in order (see ``Reader``; with reads free,
+    ``P[i] = max(A[i], P[i-1]) + cost[i]``).
 
     Placements are computed lazily.  A pause (an urgent page on the preempt channel)
-    can only delay items, so it just marks the placements from the first item it
-    delays as stale: a stale value is a lower bound of the true one.  Exact values are
-    computed, vectorised, only as far as someone needs them: ``settle(now)`` writes the
-    items placed by ``now`` into the page ledger (what presence checks read) and
-    ``placement(h)`` answers for one page.  So the cost of a pause does not grow with
-    the data in flight.  Items placed by the time of a ``compact`` are dropped.
+    only delays the arrivals of the items it catches, so it just marks the placements
+    from the first of them as stale.  With reads free a stale value is a lower bound of
+    the true one; with costly reads it need not be (a later arrival can join a fuller
+    read and be placed sooner, though never before the pause), so the channel then tells
+    its listener (the destination re-checks its waits) and never reads a stale value as
+    a bound.  Exact values are computed, vectorised, only as far as someone needs them:
+    ``settle(now)`` writes the items placed by ``now`` into the page ledger (what
+    presence checks read) and ``placement(h)`` answers for one page.  So the cost of a
+    pause does not grow with the data in flight.  Items placed by the time of a
+    ``compact`` are dropped.
     """
 
     def __init__(
@@ -130,23 +207,29 @@ class Channel:
         bandwidth: float,
         latency: float,
         pages: Pages,
-        on_append: Callable[[], None],
+        on_change: Callable[[], None],
         free: float,
+        reader: Reader | None = None,
     ) -> None:
         self.bandwidth = bandwidth
         self.latency = latency
         self.clock = Clock()
         self.pages = pages
-        self._on_append = on_append
+        self.reader = reader or Reader()
+        self._on_change = on_change
         self.free = free  # channel time when the socket can take the next item
         self.bytes_sent = 0  # bytes written to this socket (withdrawn plans excluded)
         self._free_before_plan = free
-        self._recv_free = free  # real time the receiving thread placed everything dropped
+        # The receiving thread after the items dropped: when it placed the last, that
+        # item's read's time and bytes (see Reader.receive).
+        self._recv: tuple[float, float, float] = (free, -np.inf, np.inf)
         self.page = _EMPTY_I
         self.enq = _EMPTY_F
         self.end = _EMPTY_F
         self.after = _EMPTY_F
         self.place_end = _EMPTY_F  # exact below _valid, a lower bound from there on
+        self.read_t = _EMPTY_F  # real time of the read that took the item
+        self.read_used = _EMPTY_F  # bytes that read had taken up to and with the item
         self._valid = 0
         self._settled = 0  # items [0, _settled) are placed in the ledger
         self._base = 0  # item number of the first item kept
@@ -158,22 +241,38 @@ class Channel:
         self.end = self.end[lo:hi]
         self.after = self.after[lo:hi]
         self.place_end = self.place_end[lo:hi]
+        self.read_t = self.read_t[lo:hi]
+        self.read_used = self.read_used[lo:hi]
 
     # -- placement times -------------------------------------------------------------------
-    def _placed(self, pages: np.ndarray, end: np.ndarray, after: int) -> np.ndarray:
+    def _placed(
+        self, pages: np.ndarray, end: np.ndarray, after: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Placement times of ``pages`` (last bytes sent at channel times ``end``), queued
-        behind the first ``after`` items: arrival one latency after the last byte, then
-        the receiving thread's FIFO from the previous placement."""
+        behind the first ``after`` items, with their reads' times and bytes: arrival one
+        latency after the last byte, then the receiving thread's reads from where it was
+        after the item before."""
         arrived = self.clock.real(end) + self.latency
-        prev = float(self.place_end[after - 1]) if after else self._recv_free
-        return fifo_finish(arrived, self.pages.place_cost_s[pages], prev)
+        k = after - 1
+        state = (
+            (float(self.place_end[k]), float(self.read_t[k]), float(self.read_used[k]))
+            if after
+            else self._recv
+        )
+        return self.reader.receive(
+            arrived, self.pages.wire_bytes[pages], self.pages.place_cost_s[pages], state
+        )
 
     def _refresh(self, hi: int) -> None:
         """Make the placements of items ``[0, hi)`` exact."""
         lo = self._valid
         if hi <= lo:
             return
-        self.place_end[lo:hi] = self._placed(self.page[lo:hi], self.end[lo:hi], lo)
+        (
+            self.place_end[lo:hi],
+            self.read_t[lo:hi],
+            self.read_used[lo:hi],
+        ) = self._placed(self.page[lo:hi], self.end[lo:hi], lo)
         self._valid = hi
 
     def _index(self, h: int) -> int:
@@ -202,9 +301,10 @@ class Channel:
     def settle(self, now: float) -> None:
         """Mark the items placed by ``now`` (within TIE_S) placed in the page ledger."""
         lo, n, due = self._settled, self.page.size, now + TIE_S
-        if lo == n or self.place_end[lo] > due:  # even a lower bound is later: not yet
+        bound = lo < self._valid or not self.reader.cost_s  # exact, or a lower bound
+        if lo == n or (bound and self.place_end[lo] > due):  # later: not yet
             return
-        width = 512
+        width = 512 if bound else 16
         # Exact placements (sorted: FIFO) until one is later than now.
         while self._valid < n and (self._valid == lo or self.place_end[self._valid - 1] <= due):
             self._refresh(min(n, self._valid + width))
@@ -239,7 +339,11 @@ class Channel:
         k = int(np.searchsorted(self.place_end[: self._settled], now, side="right"))
         if k:
             self._record(0, k)
-            self._recv_free = float(self.place_end[k - 1])
+            self._recv = (
+                float(self.place_end[k - 1]),
+                float(self.read_t[k - 1]),
+                float(self.read_used[k - 1]),
+            )
             self._slice(k, None)
             self._base += k
             self._settled -= k
@@ -249,8 +353,11 @@ class Channel:
 
     # -- the socket --------------------------------------------------------------------------
     def _hold(self, pages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        wire_time = self.pages.wire_bytes[pages] / self.bandwidth
-        return wire_time, np.maximum(wire_time, self.pages.place_cost_s[pages])
+        wire = self.pages.wire_bytes[pages]
+        wire_time = wire / self.bandwidth
+        return wire_time, np.maximum(
+            wire_time, self.reader.busy(wire, self.pages.place_cost_s[pages])
+        )
 
     def schedule(self, pages: np.ndarray, ready: np.ndarray, free: float) -> np.ndarray:
         """Channel times at which ``pages``, written no earlier than ``ready``, start."""
@@ -263,18 +370,20 @@ class Channel:
         k = self.page.size
         end = start + wire_time
         # Exact if every placement before them is, else lower bounds (FIFO is monotone).
-        placed = self._placed(pages, end, k)
+        placed, read_t, read_used = self._placed(pages, end, k)
         self._item[pages] = self._base + k + np.arange(pages.size)
         self.page = np.concatenate((self.page, pages))
         self.enq = np.concatenate((self.enq, enq))
         self.end = np.concatenate((self.end, end))
         self.after = np.concatenate((self.after, start + hold))
         self.place_end = np.concatenate((self.place_end, placed))
+        self.read_t = np.concatenate((self.read_t, read_t))
+        self.read_used = np.concatenate((self.read_used, read_used))
         if self._valid == k:
             self._valid = self.page.size
         self.free = max(self.free, float(self.after[-1]))
         self.bytes_sent += int(self.pages.wire_bytes[pages].sum())
-        self._on_append()
+        self._on_change()
 
     def send_now(self, page: int, t: float) -> float:
         """Write one host page at real time ``t`` behind everything already buffered;
@@ -304,10 +413,13 @@ class Channel:
         every item whose last byte had not left by then arrives ``d`` later."""
         sigma = self.clock.pause(s, d)
         self._invalidate(int(np.searchsorted(self.end, sigma, side="left")))
+        if self.reader.cost_s:
+            self._on_change()  # a placement may now come sooner (see the class docstring)
 
 
 class UrgentChannel:
-    """The preempt channel: urgent host pages one at a time, placed by its own thread.
+    """The preempt channel: urgent host pages one at a time, placed by its own thread,
+    which reads each page on its own (QEMU flushes the channel after every urgent page).
 
     Its pages never wait for background data and nothing ever delays them once sent,
     so each page's times are final when it is written: plain scalars, no arrays.
@@ -321,9 +433,11 @@ class UrgentChannel:
         wire_bytes: np.ndarray,
         on_update: Callable[[int, float, float], None],
         free: float,
+        reader: Reader | None = None,
     ) -> None:
         self.bandwidth = bandwidth
         self.latency = latency
+        self.reader = reader or Reader()
         self._place_cost = place_cost
         self._wire_bytes = wire_bytes
         self._on_update = on_update
@@ -333,12 +447,13 @@ class UrgentChannel:
 
     def send_now(self, page: int, t: float) -> float:
         """Write host page ``page`` at ``t``; returns when its first byte goes out."""
-        wire = self._wire_bytes[page] / self.bandwidth
+        nbytes = self._wire_bytes[page]
+        wire = nbytes / self.bandwidth
         cost = float(self._place_cost[page])
         start = max(t, self.free)
-        self.free = start + max(wire, cost)
+        self.free = start + max(wire, self.reader.alone(0.0, 0.0, nbytes, cost))
         arrived = (start + wire) + self.latency
-        placed = max(arrived, self._recv_free) + cost
+        placed = self.reader.alone(arrived, self._recv_free, nbytes, cost)
         self._recv_free = placed
         self.bytes_sent += int(self._wire_bytes[page])
         self._on_update(page, arrived, placed)

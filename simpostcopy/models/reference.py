@@ -25,7 +25,7 @@ from simpostcopy.models.ledger import (
     Fault,
     Pages,
 )
-from simpostcopy.models.network import Clock
+from simpostcopy.models.network import Clock, Reader
 from simpostcopy.models.source import BubblingScan, LinearScan, RateWindow, RequestQueue
 from simpostcopy.models.vcpu import VCpu
 
@@ -42,18 +42,75 @@ def _urgent_timeout(env: simpy.Environment, delay: float) -> simpy.Event:
 
 
 class RefReceiver:
-    """A channel's receiving thread: places arrived host pages one by one, FIFO."""
+    """A channel's receiving thread: reads the pages that have arrived, a buffer at a time,
+    and places them one by one (see network.Reader).
 
-    def __init__(self, env: simpy.Environment, pages: Pages, dest: Destination, free: float):
+    A read is an event of its own, due when the thread has placed everything it read
+    before or, idle, when a page arrives; it takes the pages arrived by then (pages
+    arriving at that very instant too) that fit in the buffer, or only the first with
+    ``alone`` (the preempt channel's thread reads each urgent page on its own).
+    """
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        pages: Pages,
+        dest: Destination,
+        free: float,
+        reader: Reader,
+        on_placed: Callable[[], None],
+        alone: bool = False,
+    ):
         self.env, self.pages, self.dest, self.free = env, pages, dest, free
+        self.reader, self.alone, self._on_placed = reader, alone, on_placed
         self.placed = 0
+        self._arrived: list[tuple[int, float]] = []
+        self._read_due = False
 
     def arrive(self, h: int) -> None:
         now = self.env.now
-        placed = max(now, self.free) + float(self.pages.place_cost_s[h])
-        self.free = placed
-        self.placed += 1
-        self.dest.update_one(h, now, placed)
+        if not self.reader.cost_s:
+            # Reads cost nothing: each page is placed as soon as it is here and the thread
+            # has placed the one before.
+            self.free = max(now, self.free) + float(self.pages.place_cost_s[h])
+            self.placed += 1
+            self.dest.update_one(h, now, self.free)
+            self._on_placed()
+            return
+        self._arrived.append((h, now))
+        if not self._read_due:
+            self._read_due = True
+            # Behind every arrival at the read's instant (theirs are URGENT events).
+            at = max(self.env.now, self.free) + TIE_S
+            self.env.timeout(at - self.env.now).callbacks.append(self._read)
+
+    def _read(self, _event: simpy.Event) -> None:
+        h, arrived = self._arrived[0]
+        t = max(arrived, self.free)
+        wire = self.pages.wire_bytes
+        size = self.reader.buffer_bytes
+        n, used = 1, int(wire[h])
+        while (
+            not self.alone
+            and n < len(self._arrived)
+            and self._arrived[n][1] <= t + TIE_S
+            and used + wire[self._arrived[n][0]] <= size
+        ):
+            used += int(wire[self._arrived[n][0]])
+            n += 1
+        taken, self._arrived = self._arrived[:n], self._arrived[n:]
+        free = t + self.reader.cost_s * int(self.reader.reads(wire[h]))
+        for page, at in taken:
+            free += float(self.pages.place_cost_s[page])
+            self.placed += 1
+            self.dest.update_one(page, at, free)
+        self.free = free
+        self._on_placed()
+        self._read_due = False
+        if self._arrived:
+            self._read_due = True
+            when = max(self.free, self._arrived[0][1]) + TIE_S
+            self.env.timeout(max(when - self.env.now, 0.0)).callbacks.append(self._read)
 
 
 class RefSource(RequestQueue):
@@ -62,7 +119,8 @@ class RefSource(RequestQueue):
     Per page: serve queued requests first; pick the next page of the scan; write it once
     the rate limit allows and the bytes ahead of it in the socket have drained to
     ``inflight_bytes`` minus its size; the socket starts it when it has finished the page
-    before (holding each page for max(wire time, placement cost)); its last byte arrives
+    before (holding each page for max(wire time, the receiving thread's time per page));
+    its last byte arrives
     one latency after it leaves.  An urgent page on the preempt channel pauses the main
     channel's clock for its wire time.
     """
@@ -85,9 +143,11 @@ class RefSource(RequestQueue):
         on_all_placed: Callable[[], None],
         window: RateWindow | None = None,
         hold_urgent: bool = True,
+        reader: Reader | None = None,
     ) -> None:
         super().__init__(env, pages, scan, locality, preempt, window, hold_urgent)
         self.dest, self.preempt = dest, preempt
+        self.reader = reader or Reader()
         self.bandwidth, self.latency, self.drain_rate = bandwidth, latency, drain_rate
         self.background_rate, self.inflight_bytes = background_rate, inflight_bytes
         self.clock = Clock()
@@ -95,17 +155,28 @@ class RefSource(RequestQueue):
         self.preempt_free = start_s
         self.release = start_s  # channel time the next background byte may leave
         self._written: list[tuple[int, float]] = []  # background writes: (page, channel time)
-        self.main_rx = RefReceiver(env, pages, dest, start_s)
-        self.preempt_rx = RefReceiver(env, pages, dest, start_s)
+        self.main_rx = RefReceiver(env, pages, dest, start_s, self.reader, self._placed)
+        self.preempt_rx = RefReceiver(
+            env, pages, dest, start_s, self.reader, self._placed, alone=True
+        )
         self.to_place = self.unsent  # pages this run must place
         self.bytes_sent = 0
         self._on_all_placed = on_all_placed
         env.process(self._run(start_s))
 
     # -- the wire ------------------------------------------------------------------------
-    def _hold(self, h: int) -> tuple[float, float]:
-        wire = self.pages.wire_bytes[h] / self.bandwidth
-        return wire, max(wire, float(self.pages.place_cost_s[h]))
+    def _hold(self, h: int, alone: bool = False) -> tuple[float, float]:
+        """Page ``h``'s wire time and how long it holds its socket (the receiving thread's
+        pace limits the socket's: TCP flow control)."""
+        nbytes = self.pages.wire_bytes[h]
+        wire = nbytes / self.bandwidth
+        cost = float(self.pages.place_cost_s[h])
+        busy = (
+            self.reader.alone(0.0, 0.0, nbytes, cost)
+            if alone
+            else float(self.reader.busy(np.array([nbytes]), np.array([cost]))[0])
+        )
+        return wire, max(wire, busy)
 
     def _main_write(self, h: int, enq_tau: float) -> None:
         """The socket takes page ``h`` written at channel time ``enq_tau``."""
@@ -125,11 +196,13 @@ class RefSource(RequestQueue):
                 _urgent_timeout(self.env, arrival - self.env.now).callbacks.append(check)
                 return
             rx.arrive(h)
-            if self.main_rx.placed + self.preempt_rx.placed == self.to_place:
-                self._on_all_placed()
 
         arrival = (clock.real(end) if clock else end) + self.latency
         _urgent_timeout(self.env, arrival - self.env.now).callbacks.append(check)
+
+    def _placed(self) -> None:
+        if self.main_rx.placed + self.preempt_rx.placed == self.to_place:
+            self._on_all_placed()
 
     def _mark(self, h: int, at: float, via: int) -> None:
         self.sent[h] = True
@@ -143,7 +216,7 @@ class RefSource(RequestQueue):
         if self.sent[h]:
             self._duplicate(f)
             return
-        wire, hold = self._hold(h)
+        wire, hold = self._hold(h, alone=self.preempt)
         if self.preempt:
             start = max(t, self.preempt_free)
             self.preempt_free = start + hold
