@@ -369,8 +369,14 @@ class Channel:
         wire_time, hold = self._hold(pages)
         k = self.page.size
         end = start + wire_time
-        # Exact if every placement before them is, else lower bounds (FIFO is monotone).
-        placed, read_t, read_used = self._placed(pages, end, k)
+        if self.reader.cost_s:
+            # Left to be computed when needed: a plan is often withdrawn unread, and the
+            # reads' loop is not vectorised.
+            placed = read_t = np.full(pages.size, -np.inf)
+            read_used = np.full(pages.size, np.inf)
+        else:
+            # Exact if every placement before them is, else lower bounds (FIFO is monotone).
+            placed, read_t, read_used = self._placed(pages, end, k)
         self._item[pages] = self._base + k + np.arange(pages.size)
         self.page = np.concatenate((self.page, pages))
         self.enq = np.concatenate((self.enq, enq))
@@ -379,7 +385,7 @@ class Channel:
         self.place_end = np.concatenate((self.place_end, placed))
         self.read_t = np.concatenate((self.read_t, read_t))
         self.read_used = np.concatenate((self.read_used, read_used))
-        if self._valid == k:
+        if self._valid == k and not self.reader.cost_s:
             self._valid = self.page.size
         self.free = max(self.free, float(self.after[-1]))
         self.bytes_sent += int(self.pages.wire_bytes[pages].sum())

@@ -169,10 +169,13 @@ class RateWindow:
     def charge(self, at: np.ndarray | float, nbytes: np.ndarray | int, sign: int = 1) -> None:
         """Charge (``sign`` -1: refund) writes of ``nbytes`` at real times ``at``."""
         k = np.atleast_1d(self._indices(at)).astype(np.int64)
-        ks, inverse = np.unique(k, return_inverse=True)
-        sums = np.bincount(inverse, weights=np.atleast_1d(np.asarray(nbytes, dtype=float)))
-        for kk, b in zip(ks.tolist(), sums.tolist(), strict=True):
-            self._used[kk] = self._used.get(kk, 0) + sign * round(b)
+        b = np.atleast_1d(np.asarray(nbytes, dtype=np.int64))
+        if k.size > 1:
+            # One sum per run of writes in the same window (they come in time order).
+            first = np.concatenate(([0], np.flatnonzero(np.diff(k)) + 1))
+            k, b = k[first], np.add.reduceat(b, first)
+        for kk, bb in zip(k.tolist(), b.tolist(), strict=True):
+            self._used[kk] = self._used.get(kk, 0) + sign * bb
         # Windows that ended long ago can no longer be charged or asked about.
         if len(self._used) > 64:
             newest = max(self._used)
