@@ -191,3 +191,25 @@ class Draws:
         if not self._buf:
             self._buf = self._dist.sample(self._rng, self.BLOCK)[::-1].tolist()
         return self._buf.pop()
+
+
+class IndexedDraws:
+    """Draw number ``i`` of one distribution from one random stream, asked in any order:
+    the stream is sampled in fixed blocks, in order, as far as the largest ``i`` asked."""
+
+    BLOCK = 4096  # part of the stream's definition, like Draws.BLOCK
+
+    def __init__(self, dist: Dist, rng: np.random.Generator) -> None:
+        self._dist = dist
+        self._rng = rng
+        self._values: list[float] = []
+        self.constant = dist.params[0] if dist.is_constant else None
+        self.mean = dist.mean
+
+    def total(self, i: int, k: int = 1) -> float:
+        """Draws ``i`` to ``i + k - 1`` added up (k of the constant)."""
+        if self.constant is not None:
+            return self.constant if k == 1 else self.constant * k
+        while len(self._values) < i + k:
+            self._values.extend(self._dist.sample(self._rng, self.BLOCK).tolist())
+        return self._values[i] if k == 1 else float(sum(self._values[i : i + k]))

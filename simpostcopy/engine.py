@@ -16,7 +16,7 @@ from simpostcopy.config import (
     load_trace,
     load_zero_map,
 )
-from simpostcopy.distributions import Draws
+from simpostcopy.distributions import Draws, IndexedDraws
 from simpostcopy.models.destination import Destination
 from simpostcopy.models.ledger import VIA_PRECOPY, Fault, Pages
 from simpostcopy.models.network import Channel, Reader, UrgentChannel
@@ -237,7 +237,14 @@ def simulate(
         else None
     )
     hold_urgent = mig.urgent_sender == "migration_thread"
-    reader = Reader(s.fault_path.recv_s, net.recv_buffer_bytes)
+    # Each channel's receiving thread draws its reads' costs from a stream of its own.
+    reader, preempt_reader = (
+        Reader(
+            IndexedDraws(s.fault_path.recv_s, stream(s.seed, f"fault_path.recv.{channel}")),
+            net.recv_buffer_bytes,
+        )
+        for channel in ("main", "preempt")
+    )
     busy = reader.busy(pages.wire_bytes, pages.place_cost_s)
     drain_rate = min(bw, float(pages.wire_bytes.max() / np.median(busy)))
     if engine == "reference":
@@ -258,6 +265,7 @@ def simulate(
             window=window,
             hold_urgent=hold_urgent,
             reader=reader,
+            preempt_reader=preempt_reader,
         )
     else:
         main = Channel(
@@ -272,7 +280,7 @@ def simulate(
                 pages.wire_bytes,
                 dest.update_one,
                 link_free_s,
-                reader,
+                preempt_reader,
             )
             if net.preempt
             else None

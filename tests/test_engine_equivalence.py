@@ -47,9 +47,14 @@ def test_fast_equals_reference(s: Scenario) -> None:
     assert_same(simulate(s), simulate(s, engine="reference"))
 
 
+# Reads free, and reads of varying cost (the lazy channel's non-monotone case).
+RECV = [0.0, {"dist": "lognormal", "median": "5 us", "sigma": 1.5}]
+
+
+@pytest.mark.parametrize("recv", RECV, ids=["free_reads", "costly_reads"])
 @pytest.mark.parametrize("locality", ["none", "continue", "hint", "bubbling"])
 @pytest.mark.parametrize("preempt", [False, True])
-def test_fast_equals_reference_on_a_busy_guest(locality: str, preempt: bool) -> None:
+def test_fast_equals_reference_on_a_busy_guest(locality: str, preempt: bool, recv) -> None:
     # Many faults racing the background stream: every request path gets exercised.
     s = Scenario().override(
         {
@@ -63,6 +68,7 @@ def test_fast_equals_reference_on_a_busy_guest(locality: str, preempt: bool) -> 
             "network.preempt": preempt,
             "migration.locality": locality,
             "migration.bubbling_pivots": 2,
+            "fault_path.recv_s": recv,
         }
     )
     fast, ref = simulate(s), simulate(s, engine="reference")
@@ -76,8 +82,9 @@ def test_fast_equals_reference_on_a_busy_guest(locality: str, preempt: bool) -> 
     [(False, "return_path"), (True, "return_path"), (True, "migration_thread")],
 )
 @pytest.mark.parametrize("locality", ["continue", "bubbling"])
+@pytest.mark.parametrize("recv", RECV, ids=["free_reads", "costly_reads"])
 def test_fast_equals_reference_under_rate_limit_windows(
-    preempt: bool, sender: str, locality: str
+    preempt: bool, sender: str, locality: str, recv
 ) -> None:
     # A cap well below the link, in windows short enough that dozens of them pass: bursts,
     # spent windows holding requests back, and writes the socket carries into a new window.
@@ -96,6 +103,7 @@ def test_fast_equals_reference_under_rate_limit_windows(
             "migration.rate_limit_window_s": 0.002,
             "migration.urgent_sender": sender,
             "migration.locality": locality,
+            "fault_path.recv_s": recv,
         }
     )
     fast, ref = simulate(s), simulate(s, engine="reference")

@@ -37,9 +37,13 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         "network.latency_s": draw(st.sampled_from([0.0, 50e-6, 1e-3])),
         "network.inflight_bytes": draw(st.sampled_from([0, 64 * KIB, 4 * MIB])),
         "network.preempt": draw(st.booleans()),
-        # Reads free, and reads dearer than placing a page, in QEMU's buffer and in one
-        # that takes two 4 KiB pages.
-        "fault_path.recv_s": draw(st.sampled_from([0.0, 0.0, 5e-6, 30e-6])),
+        # Reads free, reads dearer than placing a page and reads of varying cost, in
+        # QEMU's buffer and in one that takes two 4 KiB pages.
+        "fault_path.recv_s": draw(
+            st.sampled_from(
+                [0.0, 0.0, 5e-6, 30e-6, {"dist": "lognormal", "median": "5 us", "sigma": 1.0}]
+            )
+        ),
         "network.recv_buffer_bytes": draw(st.sampled_from([32 * KIB, 8 * KIB + 16])),
         "migration.setup_s": draw(st.sampled_from([0.0, 0.01])),
         "migration.device_state_bytes": draw(st.sampled_from([0, 100_000])),

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from conftest import PLACE4K, WAKE, WIRE4K, D, L, R, tiny
 
+from simpostcopy.distributions import Dist, IndexedDraws
 from simpostcopy.engine import simulate
 from simpostcopy.models.network import Reader, fifo_finish
 
@@ -13,7 +14,7 @@ US = 1e-6
 PAGE = 4104  # a 4 KiB page and its 8-byte header
 
 
-def receive(reader: Reader, arrived, wire, cost, state=(0.0, -np.inf, np.inf)):
+def receive(reader: Reader, arrived, wire, cost, state=(0.0, -np.inf, np.inf, 0)):
     return reader.receive(
         np.asarray(arrived, dtype=float),
         np.asarray(wire, dtype=np.int64),
@@ -23,8 +24,8 @@ def receive(reader: Reader, arrived, wire, cost, state=(0.0, -np.inf, np.inf)):
 
 
 def test_a_busy_thread_reads_what_has_arrived_and_an_idle_one_each_page():
-    reader = Reader(5 * US, 3 * PAGE)
-    place, read_t, read_used = receive(
+    reader = Reader.constant(5 * US, 3 * PAGE)
+    place, read_t, read_used, reads = receive(
         reader, [0, 1 * US, 2 * US, 10 * US], [PAGE] * 4, [2 * US] * 4
     )
     # Idle at 0: page 0 alone (page 1 is not here yet), placed 0 + 5 + 2.  At 7 pages 1
@@ -33,19 +34,23 @@ def test_a_busy_thread_reads_what_has_arrived_and_an_idle_one_each_page():
     assert place / US == pytest.approx([7, 14, 16, 23], abs=1e-9)
     assert read_t / US == pytest.approx([0, 7, 7, 16], abs=1e-9)
     assert read_used.tolist() == [PAGE, PAGE, 2 * PAGE, PAGE]
+    assert reads.tolist() == [1, 2, 2, 3]
 
 
 def test_a_read_takes_at_most_a_buffer_and_a_huge_page_takes_a_read_per_buffer():
-    place, _, _ = receive(Reader(5 * US, 2 * PAGE), [0] * 5, [PAGE] * 5, [1 * US] * 5)
+    place, *_ = receive(Reader.constant(5 * US, 2 * PAGE), [0] * 5, [PAGE] * 5, [1 * US] * 5)
     # Reads of pages {0, 1}, {2, 3}, {4}.
     assert place / US == pytest.approx([6, 7, 13, 14, 20], abs=1e-9)
     huge = 512 * PAGE  # a 2 MiB page: 64.125 buffers of 32 KiB
-    place, _, _ = receive(Reader(1 * US, 32768), [0, 0], [huge, 9], [3 * US, 1 * US])
+    place, _, _, reads = receive(
+        Reader.constant(1 * US, 32768), [0, 0], [huge, 9], [3 * US, 1 * US]
+    )
     assert place / US == pytest.approx([65 + 3, 68 + 1 + 1], abs=1e-9)
+    assert reads.tolist() == [65, 66]
 
 
 def test_the_state_carries_a_read_across_calls():
-    reader = Reader(5 * US, 3 * PAGE)
+    reader = Reader.constant(5 * US, 3 * PAGE)
     args = ([0, 1 * US, 2 * US, 10 * US], [PAGE] * 4, [2 * US] * 4)
     whole = receive(reader, *args)
     head = receive(reader, *(a[:2] for a in args))
@@ -55,11 +60,31 @@ def test_the_state_carries_a_read_across_calls():
         assert w.tolist() == h.tolist() + t.tolist()
 
 
+def test_drawn_read_costs_follow_the_read_number_across_calls():
+    def reader() -> Reader:
+        dist = Dist("lognormal", (5 * US, 1.0))
+        return Reader(IndexedDraws(dist, np.random.default_rng(7)), 2 * PAGE)
+
+    arrived = np.sort(np.random.default_rng(1).random(40)) * 200 * US
+    args = (arrived, [PAGE] * 40, [2 * US] * 40)
+    whole = receive(reader(), *args)
+    r = reader()
+    head = receive(r, *(a[:17] for a in args))
+    tail = receive(r, *(a[17:] for a in args), state=tuple(x[-1].item() for x in head))
+    for w, h, t in zip(whole, head, tail, strict=True):
+        assert w.tolist() == h.tolist() + t.tolist()
+    # Read n costs draw n: the first read (page 0 alone, idle) costs draw 0.
+    draws = Dist("lognormal", (5 * US, 1.0)).sample(np.random.default_rng(7), 4096)
+    assert whole[0][0] == arrived[0] + draws[0] + 2 * US
+
+
 def test_free_reads_are_the_plain_fifo_and_busy_time_is_amortised():
     arrived, cost = np.array([0, 1e-6, 5e-6]), np.array([2e-6, 2e-6, 2e-6])
-    place, _, _ = receive(Reader(), arrived, [PAGE] * 3, cost)
+    place, *_ = receive(Reader(), arrived, [PAGE] * 3, cost)
     assert place.tolist() == fifo_finish(arrived, cost, 0.0).tolist()
-    busy = Reader(8 * US, 4 * PAGE).busy(np.array([PAGE, 9, 2 * 4 * PAGE]), np.ones(3) * US)
+    busy = Reader.constant(8 * US, 4 * PAGE).busy(
+        np.array([PAGE, 9, 2 * 4 * PAGE]), np.ones(3) * US
+    )
     assert busy / US == pytest.approx([1 + 2, 1 + 8 * 9 / (4 * PAGE), 1 + 8 * 2], abs=1e-12)
 
 

@@ -13,13 +13,12 @@ channel's pending work by the same time.
 
 from __future__ import annotations
 
-import math
 from bisect import bisect_right
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
+from simpostcopy.distributions import Dist, IndexedDraws
 from simpostcopy.models.ledger import TIE_S, Pages
 
 _EMPTY_F = np.empty(0, dtype=np.float64)
@@ -40,63 +39,84 @@ def fifo_finish(ready: np.ndarray, service: np.ndarray, free: float) -> np.ndarr
     return total + np.maximum(start_slack, free)
 
 
-@dataclass(frozen=True)
 class Reader:
     """How a channel's receiving thread reads its socket: QEMU's ``QEMUFile`` fills a
-    buffer of ``buffer_bytes`` (IO_BUF_SIZE, 32 KiB) with one read, which costs
-    ``cost_s``, then places the pages in it one by one.
+    buffer of ``buffer_bytes`` (IO_BUF_SIZE, 32 KiB) with one read, then the thread places
+    the pages in it one by one.  Read number ``n`` costs ``costs.total(n)`` (drawn per
+    read from the channel's own stream; a constant draws nothing).
 
     A read takes the whole pages that have arrived when it starts, up to the buffer's
     size; a page larger than the buffer is read alone, in as many reads as it fills
     buffers.  The thread starts a read when it has placed everything it read before, or,
     idle, when the next page arrives.  So a busy thread places pages in lumps of a
     buffer, with one read's cost between lumps, and an idle one pays a read per page.
-    With ``cost_s`` 0 reads change nothing: each page is placed when it has arrived and
-    the page before it is placed.
+    With reads free, each page is placed when it has arrived and the page before it is
+    placed.
     """
 
-    cost_s: float = 0.0
-    buffer_bytes: int = 32768
+    def __init__(self, costs: IndexedDraws | None = None, buffer_bytes: int = 32768) -> None:
+        self.costs = costs or IndexedDraws(Dist("constant", (0.0,)), np.random.default_rng(0))
+        self.buffer_bytes = buffer_bytes
+        # A read's mean cost: the thread's pace on full buffers (and 0: reads are free).
+        self.mean_s = self.costs.mean
+
+    @classmethod
+    def constant(cls, cost_s: float, buffer_bytes: int = 32768) -> Reader:
+        """Reads that all cost ``cost_s``."""
+        return cls(
+            IndexedDraws(Dist("constant", (cost_s,)), np.random.default_rng(0)), buffer_bytes
+        )
 
     def reads(self, wire: np.ndarray) -> np.ndarray:
         """Reads needed by a page of ``wire`` bytes read alone."""
         return np.maximum(1, -(-wire // self.buffer_bytes))
 
     def busy(self, wire: np.ndarray, cost: np.ndarray) -> np.ndarray:
-        """The thread's time per page while it reads full buffers (its placement cost plus
-        its share of a read): how fast it lets a socket drain."""
-        if not self.cost_s:
+        """The thread's mean time per page while it reads full buffers (its placement
+        cost plus its share of a read): how fast it lets a socket drain."""
+        if not self.mean_s:
             return cost
         share = np.where(wire > self.buffer_bytes, self.reads(wire), wire / self.buffer_bytes)
-        return cost + self.cost_s * share
+        return cost + self.mean_s * share
 
-    def alone(self, arrived: float, free: float, wire: int, cost: float) -> float:
-        """Placement of a page read on its own (the preempt channel's urgent pages)."""
-        reads = max(1, math.ceil(wire / self.buffer_bytes)) if self.cost_s else 0
-        return max(arrived, free) + self.cost_s * reads + cost
+    def reads_alone(self, wire: int) -> int:
+        """Reads a page of ``wire`` bytes read on its own takes (none if reads are free)."""
+        return max(1, -(-int(wire) // self.buffer_bytes)) if self.mean_s else 0
+
+    def busy_alone(self, wire: int, cost: float) -> float:
+        """The thread's mean time for a page read on its own."""
+        return cost + self.mean_s * self.reads_alone(wire) if self.mean_s else cost
+
+    def alone(self, n: int, arrived: float, free: float, wire: int, cost: float) -> float:
+        """Placement of a page read on its own, by reads ``n`` on (the preempt channel's
+        urgent pages)."""
+        if not self.mean_s:
+            return max(arrived, free) + cost
+        return max(arrived, free) + self.costs.total(n, self.reads_alone(wire)) + cost
 
     def receive(
         self,
         arrived: np.ndarray,
         wire: np.ndarray,
         cost: np.ndarray,
-        state: tuple[float, float, float],
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        state: tuple[float, float, float, int],
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Placement times of pages arriving (in order) at ``arrived``, and for each the
-        time of the read that took it and the bytes that read had taken up to it.
+        time of the read that took it, the bytes that read had taken up to it and the
+        number of reads made up to and with it.
 
         ``state`` is the thread's after the page before: when it placed it, the time of
-        its read and that read's bytes so far.
+        its read, that read's bytes so far and the reads made.
         """
         n = arrived.size
-        free, t, used = state
-        if not self.cost_s:
+        free, t, used, done = state
+        if not self.mean_s:
             place = fifo_finish(arrived, cost, free)
-            return place, np.full(n, -np.inf), np.full(n, np.inf)
-        # One read's cost and placement at a time (a scalar loop: reads group pages
-        # irregularly, and the sums run in the reference engine's order).
-        size, read_s = self.buffer_bytes, self.cost_s
-        p, rt, ru = [0.0] * n, [0.0] * n, [0.0] * n
+            return place, np.full(n, -np.inf), np.full(n, np.inf), np.zeros(n, dtype=np.int64)
+        # One page at a time (a scalar loop: reads group pages irregularly, and the sums
+        # run in the reference engine's order).
+        size, total = self.buffer_bytes, self.costs.total
+        p, rt, ru, rd = [0.0] * n, [0.0] * n, [0.0] * n, [0] * n
         items = zip(arrived.tolist(), wire.tolist(), cost.tolist(), strict=True)
         for i, (a, w, c) in enumerate(items):
             if a <= t + TIE_S and used + w <= size:
@@ -105,9 +125,11 @@ class Reader:
             else:
                 t = a if a > free else free
                 used = w
-                free = t + (read_s if w <= size else read_s * -(-w // size)) + c
-            p[i], rt[i], ru[i] = free, t, used
-        return np.array(p), np.array(rt), np.array(ru)
+                k = 1 if w <= size else -(-w // size)
+                free = t + total(done, k) + c
+                done += k
+            p[i], rt[i], ru[i], rd[i] = free, t, used, done
+        return np.array(p), np.array(rt), np.array(ru), np.array(rd, dtype=np.int64)
 
 
 PAUSE_TIE = 1e-14  # relative channel-time rounding between back-to-back pauses
@@ -222,7 +244,7 @@ class Channel:
         self._free_before_plan = free
         # The receiving thread after the items dropped: when it placed the last, that
         # item's read's time and bytes (see Reader.receive).
-        self._recv: tuple[float, float, float] = (free, -np.inf, np.inf)
+        self._recv: tuple[float, float, float, int] = (free, -np.inf, np.inf, 0)
         self.page = _EMPTY_I
         self.enq = _EMPTY_F
         self.end = _EMPTY_F
@@ -230,6 +252,7 @@ class Channel:
         self.place_end = _EMPTY_F  # exact below _valid, a lower bound from there on
         self.read_t = _EMPTY_F  # real time of the read that took the item
         self.read_used = _EMPTY_F  # bytes that read had taken up to and with the item
+        self.read_done = _EMPTY_I  # reads made up to and with the item's
         self._valid = 0
         self._settled = 0  # items [0, _settled) are placed in the ledger
         self._base = 0  # item number of the first item kept
@@ -243,24 +266,30 @@ class Channel:
         self.place_end = self.place_end[lo:hi]
         self.read_t = self.read_t[lo:hi]
         self.read_used = self.read_used[lo:hi]
+        self.read_done = self.read_done[lo:hi]
 
     # -- placement times -------------------------------------------------------------------
     def _placed(
         self, pages: np.ndarray, end: np.ndarray, after: int
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Placement times of ``pages`` (last bytes sent at channel times ``end``), queued
-        behind the first ``after`` items, with their reads' times and bytes: arrival one
+        behind the first ``after`` items, with their reads' state (Reader.receive): arrival one
         latency after the last byte, then the receiving thread's reads from where it was
         after the item before."""
         arrived = self.clock.real(end) + self.latency
         k = after - 1
-        state = (
-            (float(self.place_end[k]), float(self.read_t[k]), float(self.read_used[k]))
-            if after
-            else self._recv
-        )
+        state = self._state(k) if after else self._recv
         return self.reader.receive(
             arrived, self.pages.wire_bytes[pages], self.pages.place_cost_s[pages], state
+        )
+
+    def _state(self, k: int) -> tuple[float, float, float, int]:
+        """The receiving thread's state after item ``k`` (see Reader.receive)."""
+        return (
+            float(self.place_end[k]),
+            float(self.read_t[k]),
+            float(self.read_used[k]),
+            int(self.read_done[k]),
         )
 
     def _refresh(self, hi: int) -> None:
@@ -272,6 +301,7 @@ class Channel:
             self.place_end[lo:hi],
             self.read_t[lo:hi],
             self.read_used[lo:hi],
+            self.read_done[lo:hi],
         ) = self._placed(self.page[lo:hi], self.end[lo:hi], lo)
         self._valid = hi
 
@@ -301,7 +331,7 @@ class Channel:
     def settle(self, now: float) -> None:
         """Mark the items placed by ``now`` (within TIE_S) placed in the page ledger."""
         lo, n, due = self._settled, self.page.size, now + TIE_S
-        bound = lo < self._valid or not self.reader.cost_s  # exact, or a lower bound
+        bound = lo < self._valid or not self.reader.mean_s  # exact, or a lower bound
         if lo == n or (bound and self.place_end[lo] > due):  # later: not yet
             return
         width = 512 if bound else 16
@@ -339,11 +369,7 @@ class Channel:
         k = int(np.searchsorted(self.place_end[: self._settled], now, side="right"))
         if k:
             self._record(0, k)
-            self._recv = (
-                float(self.place_end[k - 1]),
-                float(self.read_t[k - 1]),
-                float(self.read_used[k - 1]),
-            )
+            self._recv = self._state(k - 1)
             self._slice(k, None)
             self._base += k
             self._settled -= k
@@ -369,14 +395,15 @@ class Channel:
         wire_time, hold = self._hold(pages)
         k = self.page.size
         end = start + wire_time
-        if self.reader.cost_s:
+        if self.reader.mean_s:
             # Left to be computed when needed: a plan is often withdrawn unread, and the
             # reads' loop is not vectorised.
             placed = read_t = np.full(pages.size, -np.inf)
             read_used = np.full(pages.size, np.inf)
+            read_done = np.zeros(pages.size, dtype=np.int64)
         else:
             # Exact if every placement before them is, else lower bounds (FIFO is monotone).
-            placed, read_t, read_used = self._placed(pages, end, k)
+            placed, read_t, read_used, read_done = self._placed(pages, end, k)
         self._item[pages] = self._base + k + np.arange(pages.size)
         self.page = np.concatenate((self.page, pages))
         self.enq = np.concatenate((self.enq, enq))
@@ -385,7 +412,8 @@ class Channel:
         self.place_end = np.concatenate((self.place_end, placed))
         self.read_t = np.concatenate((self.read_t, read_t))
         self.read_used = np.concatenate((self.read_used, read_used))
-        if self._valid == k and not self.reader.cost_s:
+        self.read_done = np.concatenate((self.read_done, read_done))
+        if self._valid == k and not self.reader.mean_s:
             self._valid = self.page.size
         self.free = max(self.free, float(self.after[-1]))
         self.bytes_sent += int(self.pages.wire_bytes[pages].sum())
@@ -419,7 +447,7 @@ class Channel:
         every item whose last byte had not left by then arrives ``d`` later."""
         sigma = self.clock.pause(s, d)
         self._invalidate(int(np.searchsorted(self.end, sigma, side="left")))
-        if self.reader.cost_s:
+        if self.reader.mean_s:
             self._on_change()  # a placement may now come sooner (see the class docstring)
 
 
@@ -449,6 +477,7 @@ class UrgentChannel:
         self._on_update = on_update
         self.free = free  # when the socket can take the next page
         self._recv_free = free  # when the receiving thread is done placing
+        self._reads = 0  # reads its receiving thread made
         self.bytes_sent = 0
 
     def send_now(self, page: int, t: float) -> float:
@@ -457,9 +486,10 @@ class UrgentChannel:
         wire = nbytes / self.bandwidth
         cost = float(self._place_cost[page])
         start = max(t, self.free)
-        self.free = start + max(wire, self.reader.alone(0.0, 0.0, nbytes, cost))
+        self.free = start + max(wire, self.reader.busy_alone(nbytes, cost))
         arrived = (start + wire) + self.latency
-        placed = self.reader.alone(arrived, self._recv_free, nbytes, cost)
+        placed = self.reader.alone(self._reads, arrived, self._recv_free, nbytes, cost)
+        self._reads += self.reader.reads_alone(nbytes)
         self._recv_free = placed
         self.bytes_sent += int(self._wire_bytes[page])
         self._on_update(page, arrived, placed)

@@ -64,12 +64,13 @@ class RefReceiver:
         self.env, self.pages, self.dest, self.free = env, pages, dest, free
         self.reader, self.alone, self._on_placed = reader, alone, on_placed
         self.placed = 0
+        self.reads = 0  # reads made (read n costs reader.costs.total(n))
         self._arrived: list[tuple[int, float]] = []
         self._read_due = False
 
     def arrive(self, h: int) -> None:
         now = self.env.now
-        if not self.reader.cost_s:
+        if not self.reader.mean_s:
             # Reads cost nothing: each page is placed as soon as it is here and the thread
             # has placed the one before.
             self.free = max(now, self.free) + float(self.pages.place_cost_s[h])
@@ -99,7 +100,9 @@ class RefReceiver:
             used += int(wire[self._arrived[n][0]])
             n += 1
         taken, self._arrived = self._arrived[:n], self._arrived[n:]
-        free = t + self.reader.cost_s * int(self.reader.reads(wire[h]))
+        k = int(self.reader.reads(wire[h]))
+        free = t + self.reader.costs.total(self.reads, k)
+        self.reads += k
         for page, at in taken:
             free += float(self.pages.place_cost_s[page])
             self.placed += 1
@@ -144,10 +147,12 @@ class RefSource(RequestQueue):
         window: RateWindow | None = None,
         hold_urgent: bool = True,
         reader: Reader | None = None,
+        preempt_reader: Reader | None = None,
     ) -> None:
         super().__init__(env, pages, scan, locality, preempt, window, hold_urgent)
         self.dest, self.preempt = dest, preempt
         self.reader = reader or Reader()
+        self.preempt_reader = preempt_reader or Reader()
         self.bandwidth, self.latency, self.drain_rate = bandwidth, latency, drain_rate
         self.background_rate, self.inflight_bytes = background_rate, inflight_bytes
         self.clock = Clock()
@@ -157,7 +162,7 @@ class RefSource(RequestQueue):
         self._written: list[tuple[int, float]] = []  # background writes: (page, channel time)
         self.main_rx = RefReceiver(env, pages, dest, start_s, self.reader, self._placed)
         self.preempt_rx = RefReceiver(
-            env, pages, dest, start_s, self.reader, self._placed, alone=True
+            env, pages, dest, start_s, self.preempt_reader, self._placed, alone=True
         )
         self.to_place = self.unsent  # pages this run must place
         self.bytes_sent = 0
@@ -165,15 +170,15 @@ class RefSource(RequestQueue):
         env.process(self._run(start_s))
 
     # -- the wire ------------------------------------------------------------------------
-    def _hold(self, h: int, alone: bool = False) -> tuple[float, float]:
+    def _hold(self, h: int, preempt: bool = False) -> tuple[float, float]:
         """Page ``h``'s wire time and how long it holds its socket (the receiving thread's
         pace limits the socket's: TCP flow control)."""
         nbytes = self.pages.wire_bytes[h]
         wire = nbytes / self.bandwidth
         cost = float(self.pages.place_cost_s[h])
         busy = (
-            self.reader.alone(0.0, 0.0, nbytes, cost)
-            if alone
+            self.preempt_reader.busy_alone(nbytes, cost)
+            if preempt
             else float(self.reader.busy(np.array([nbytes]), np.array([cost]))[0])
         )
         return wire, max(wire, busy)
@@ -216,7 +221,7 @@ class RefSource(RequestQueue):
         if self.sent[h]:
             self._duplicate(f)
             return
-        wire, hold = self._hold(h, alone=self.preempt)
+        wire, hold = self._hold(h, preempt=self.preempt)
         if self.preempt:
             start = max(t, self.preempt_free)
             self.preempt_free = start + hold
