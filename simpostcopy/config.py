@@ -178,6 +178,10 @@ class Guest:
     # A .npy file of booleans, one per 4 KiB page of RAM, True where the page holds only
     # zeros (e.g. measured from a real guest; see load_zero_map).
     zero_page_map: str = _field("str", "")
+    # The first time a vCPU touches a host page on the destination (without faulting)
+    # it spends this: KVM maps the page into the guest (an EPT violation), TCG takes its
+    # slow path for the page's first write.  A faulting touch pays it in its wake-up.
+    first_touch_s: float = _field("time", 0, min=0)
 
     def __post_init__(self) -> None:
         _validate(self)

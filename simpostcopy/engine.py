@@ -318,6 +318,8 @@ def simulate(
             wake_s=Draws(fp.wake_s, stream(s.seed, f"fault_path.wake.vcpu{v}")),
             start_s=dest_start_s,
             first_access=pre.accesses[v],
+            first_touch_s=g.first_touch_s,
+            n_pages=pages.count,
         )
         for v, st in enumerate(streams)
     ]

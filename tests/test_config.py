@@ -289,6 +289,7 @@ BAD_SCENARIOS = [
     ({"fault_path": {"wake_s": "-1 ms"}}, "fault_path.wake_s", "'-1 ms'", ">= 0"),
     ({"fault_path": {"recv_s": "-2 us"}}, "fault_path.recv_s", "'-2 us'", ">= 0"),
     ({"network": {"recv_buffer_bytes": 0}}, "network.recv_buffer_bytes", "0", "> 0"),
+    ({"guest": {"first_touch_s": "-1 us"}}, "guest.first_touch_s", "'-1 us'", ">= 0"),
     ({"seed": -1}, "seed", "-1", ">= 0"),
     ({"guest.ram_bytes": "1 GiB", "guest": {"ram_bytes": 1}}, "guest.ram_bytes", "1", "twice"),
 ]  # fmt: skip

@@ -25,6 +25,7 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         "guest.host_page_bytes": host,
         "guest.vcpus": draw(st.integers(1, 4)),
         "guest.zero_page_fraction": draw(st.sampled_from([0.0, 0.3, 1.0])),
+        "guest.first_touch_s": draw(st.sampled_from([0.0, 0.0, 1e-6, 30e-6])),
         "workload.pattern": pattern,
         "workload.working_set_bytes": ws,
         "workload.working_set_offset_bytes": 0

@@ -117,3 +117,35 @@ def test_exact_log_with_costly_reads(engine: str):
     assert bool(f.duplicate_request)
     assert f.placed_s == pytest.approx(p0, abs=1e-12)
     assert f.resumed_s == pytest.approx(p0 + WAKE, abs=1e-12)
+
+
+# -- a vCPU's first touch of a placed page ---------------------------------------------------
+C = 50e-6  # guest.first_touch_s
+
+
+@pytest.mark.parametrize("engine", ["fast", "reference"])
+@pytest.mark.parametrize("first_touch", [0.0, C])
+def test_first_touches_delay_the_accesses_after_them(tmp_path, engine: str, first_touch: float):
+    # Background pages one per ms from 0 (page k placed at k ms + WIRE4K + L + PLACE4K);
+    # accesses 0.1 ms apart from L: page 0 faults (placed before the fault thread reads
+    # it: no request), ten touches of page 0 (faulted in: no first-touch cost), page 1
+    # at 1.11 ms (placed, never touched: a first touch), page 0 again, then page 2,
+    # which faults: its time shows the one first touch.
+    trace = tmp_path / "trace.csv"
+    pages = [0] * 10 + [1, 0, 2]
+    trace.write_text("vcpu,page\n" + "".join(f"0,{p}\n" for p in pages))
+    s = tiny(
+        workload__pattern="trace",
+        workload__trace_path=str(trace),
+        workload__accesses_per_vcpu=len(pages),
+        workload__accesses_per_s=1e4,
+        migration__max_postcopy_bandwidth_bytes_per_s=4096e3,
+        guest__first_touch_s=first_touch,
+    )
+    r = simulate(s, engine=engine)
+    f0, f1 = r.faults.iloc[0], r.faults.iloc[1]
+    resumed = WIRE4K + L + PLACE4K + WAKE  # page 0 placed, then the wake-up
+    assert f0.target_page == 0 and not f0.requested
+    assert f0.resumed_s == pytest.approx(resumed, abs=1e-12)
+    assert f1.target_page == 2 and f1.access == 12
+    assert f1.fault_s == pytest.approx(resumed + 12 * 1e-4 + first_touch, abs=1e-12)

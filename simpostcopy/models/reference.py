@@ -298,12 +298,16 @@ class RefVCpu(VCpu):
         yield env.timeout(start_s - env.now)
         j = self.j_seg
         while j < self.limit:
-            t_access = self.t_seg + (j - self.j_seg) * self.dt
+            t_access = self.time_of(j)
             if t_access > env.now:
                 yield env.timeout(t_access - env.now)
             target = int(self.stream.pages(j, 1)[0])
             h = target >> self.host_shift
             if placed_at[h] <= env.now + TIE_S:
+                if self.first_touch_s and not self.touched[h]:
+                    # This vCPU's first touch of the page: the accesses after it wait.
+                    self.touched[h] = True
+                    self._ft.append(j)
                 j += 1
                 continue
             yield from self._fault(j, target, h)
