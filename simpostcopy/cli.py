@@ -326,7 +326,7 @@ def _compare(args: argparse.Namespace) -> int:
     from simpostcopy.qemu import compare
 
     base = Scenario.from_toml(args.scenario) if args.scenario else None
-    table = compare.compare(_records(args.records), base)
+    table = compare.compare(_records(args.records), base, workers=args.workers)
     if args.json:
         print(table.to_json(orient="records"))
     else:
@@ -360,12 +360,12 @@ def _fit(args: argparse.Namespace) -> int:
         loss=args.loss,
         rounds=args.rounds,
         progress=lambda m: print(m, flush=True),
+        workers=args.workers,
     )
     for key in keys:
         print(f"{key} = {result.params[key]:.6g} +- {result.stderr[key]:.2g}")
     print(f"loss {result.loss:.4g} after {result.evaluations} evaluations")
-    fitted = base.override(result.params)
-    Path(args.out).write_text(fitted.to_toml())
+    Path(args.out).write_text(result.scenario.to_toml())
     print(f"calibrated scenario -> {args.out}")
     return 0
 
@@ -494,6 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cmp.add_argument("records", nargs="+", help="run records (simpostcopy qemu run)")
     cmp.add_argument("--scenario", help="base scenario TOML (e.g. from 'simpostcopy fit')")
+    cmp.add_argument(
+        "--workers", type=_positive_int, default=1, help="processes simulating the runs"
+    )
     cmp.add_argument("--out", help="also draw simulated vs real (.png, .svg, .pdf)")
     cmp.add_argument("--json", action="store_true", help="the table as JSON records")
     cmp.set_defaults(func=_compare)
@@ -516,6 +519,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="squared log errors, or soft L1 (robust to runs the model cannot explain)",
     )
     fitp.add_argument("--rounds", type=_positive_int, default=3, help="search passes")
+    fitp.add_argument(
+        "--workers", type=_positive_int, default=1, help="processes simulating the runs"
+    )
     fitp.add_argument("--out", default="fitted.toml", help="the calibrated scenario")
     fitp.set_defaults(func=_fit)
 

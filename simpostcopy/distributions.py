@@ -61,6 +61,12 @@ class Dist:
         q = np.asarray(self.params)
         return float(np.trapezoid(q, dx=1.0 / (q.size - 1))) if q.size > 1 else float(q[0])
 
+    def scaled(self, factor: float) -> Dist:
+        """The same shape with every draw ``factor`` times larger (mean and median too)."""
+        if self.kind in ("lognormal", "gamma"):  # (median, sigma), (mean, cv)
+            return Dist(self.kind, (self.params[0] * factor, self.params[1]), self.source)
+        return Dist(self.kind, tuple(p * factor for p in self.params), self.source)
+
     @property
     def is_constant(self) -> bool:
         return self.kind == "constant"

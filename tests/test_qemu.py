@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from simpostcopy.cli import main
@@ -449,3 +450,26 @@ def test_trace_reader_matches_requests_to_placements(tmp_path):
 def test_trace_events_are_checked():
     with pytest.raises(QemuError, match="trace: invalid value 'a b'"):
         RunSpec(trace=("postcopy_place_page", "a b"))
+
+
+def test_workers_change_nothing_and_a_distribution_is_fitted_by_its_mean():
+    from simpostcopy.config import Scenario
+    from simpostcopy.distributions import Dist
+    from simpostcopy.qemu.compare import compare, fit, with_values
+
+    records = {"a": importer.load(REAL), "b": importer.load(REAL)}
+    pd.testing.assert_frame_equal(compare(records), compare(records, workers=2))
+    base = Scenario().override(
+        {"fault_path.recv_s": {"dist": "lognormal", "median": "2 us", "sigma": 1.0}}
+    )
+    scaled = with_values(base, {"fault_path.recv_s": 3 * base.fault_path.recv_s.mean})
+    assert scaled.fault_path.recv_s == Dist("lognormal", (6e-6, 1.0))
+    assert with_values(base, {"fault_path.wake_s": 2e-6}).fault_path.wake_s.params == (2e-6,)
+    one = fit(list(records.values()), ["fault_path.recv_s"], base, rounds=1)
+    two = fit(list(records.values()), ["fault_path.recv_s"], base, rounds=1, workers=2)
+    assert one.params == two.params and one.loss == two.loss
+    recv = one.scenario.fault_path.recv_s
+    assert recv.kind == "lognormal" and recv.params[1] == 1.0
+    assert recv.mean == pytest.approx(one.params["fault_path.recv_s"])
+    with pytest.raises(QemuError, match="workers: invalid value 0"):
+        compare(records, workers=0)

@@ -14,7 +14,9 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -225,12 +227,37 @@ def _value(v: Any) -> float:
     return float(v) if v is not None else math.nan
 
 
-def compare(records: dict[str, dict[str, Any]], base: Scenario | None = None) -> pd.DataFrame:
-    """One row per (run, metric): real, simulated and the relative error."""
+def _simulated_match(job: tuple[dict[str, Any], Scenario | None, dict[str, Any]]) -> dict:
+    record, base, real = job
+    return simulated(matching_scenario(record, base, real))
+
+
+@contextmanager
+def _runner(workers: int) -> Iterator[Callable[..., Any]]:
+    """``map`` over simulations: in this process, or in a pool of ``workers`` processes
+    (results are the same either way: every run is seeded by its scenario)."""
+    if workers < 1:
+        raise QemuError(f"workers: invalid value {workers!r}: a whole number >= 1")
+    if workers == 1:
+        yield map
+        return
+    pool: Executor = ProcessPoolExecutor(workers)
+    try:
+        yield pool.map
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+def compare(
+    records: dict[str, dict[str, Any]], base: Scenario | None = None, workers: int = 1
+) -> pd.DataFrame:
+    """One row per (run, metric): real, simulated and the relative error; ``workers``
+    processes simulate the runs."""
     rows = []
-    for name, record in records.items():
-        real = importer.summary(record)
-        sim = simulated(matching_scenario(record, base, real))
+    reals = {name: importer.summary(record) for name, record in records.items()}
+    with _runner(workers) as run:
+        sims = list(run(_simulated_match, [(r, base, reals[n]) for n, r in records.items()]))
+    for (name, real), sim in zip(reals.items(), sims, strict=True):
         for metric, sim_key in METRICS.items():
             r, s = _value(real.get(metric)), _value(sim.get(sim_key))
             rel = (s - r) / r if r and math.isfinite(r) and math.isfinite(s) else math.nan
@@ -243,12 +270,15 @@ def compare(records: dict[str, dict[str, Any]], base: Scenario | None = None) ->
 # -- fitting -------------------------------------------------------------------------------
 @dataclass
 class Fit:
-    """Fitted values, their standard errors and the training loss."""
+    """Fitted values (a distribution's: its mean), their standard errors, the training
+    loss, and the calibrated scenario (the base with the fitted values; a distribution
+    keeps its shape, scaled to the fitted mean)."""
 
     params: dict[str, float]
     stderr: dict[str, float]
     loss: float
     evaluations: int
+    scenario: Scenario
 
 
 def _residuals(
@@ -256,11 +286,12 @@ def _residuals(
     reals: Sequence[dict[str, Any]],
     scenario: Scenario,
     metrics: Sequence[str] = FIT_METRICS,
+    run: Callable[..., Any] = map,
 ) -> np.ndarray:
     """Log errors of ``metrics`` over ``records`` (``reals``: their summaries)."""
     residuals = []
-    for record, real in zip(records, reals, strict=True):
-        sim = simulated(matching_scenario(record, scenario, real))
+    jobs = [(record, scenario, real) for record, real in zip(records, reals, strict=True)]
+    for real, sim in zip(reals, run(_simulated_match, jobs), strict=True):
         for metric in metrics:
             r, s = _value(real.get(metric)), _value(sim.get(METRICS[metric]))
             if r > 0 and s > 0 and math.isfinite(r) and math.isfinite(s):
@@ -268,6 +299,19 @@ def _residuals(
             elif r > 0 or s > 0:  # one is zero: a fixed, large miss
                 residuals.append(3.0)
     return np.asarray(residuals)
+
+
+def with_values(base: Scenario, values: dict[str, float]) -> Scenario:
+    """``base`` with numeric settings set to ``values``; a distribution that is not a
+    constant keeps its shape and is scaled to the value as its mean."""
+    over: dict[str, Any] = {}
+    for key, value in values.items():
+        current = setting_value(base, key)
+        if setting_kind(key) == "dist" and not current.is_constant and current.mean > 0:
+            over[key] = current.scaled(value / current.mean).to_value()
+        else:
+            over[key] = value
+    return base.override(over)
 
 
 def _current(key: str, base: Scenario) -> float:
@@ -297,13 +341,30 @@ def fit(
     loss: str = "linear",
     rounds: int = 3,
     progress: Callable[[str], None] = lambda _msg: None,
+    workers: int = 1,
 ) -> Fit:
     """Least squares on log errors of ``metrics`` over ``keys`` (log-scaled, bounded): a
     golden-section search per parameter, ``rounds`` passes; standard errors from the
     curvature of the loss at the optimum (Gauss-Newton, residual variance from the fit).
     ``loss``: "linear" sums squared log errors; "soft_l1" sums 2(sqrt(1 + r^2) - 1), which
     grows only linearly for large errors, so a few runs the model cannot explain do not
-    steer the fit (standard errors then from the reweighted Gauss-Newton step)."""
+    steer the fit (standard errors then from the reweighted Gauss-Newton step).  A
+    distribution is fitted by its mean, keeping its shape (see with_values).  ``workers``
+    processes simulate the runs of each evaluation."""
+    with _runner(workers) as run:
+        return _fit(records, keys, base, metrics, loss, rounds, progress, run)
+
+
+def _fit(
+    records: Sequence[dict[str, Any]],
+    keys: Sequence[str],
+    base: Scenario | None,
+    metrics: Sequence[str],
+    loss: str,
+    rounds: int,
+    progress: Callable[[str], None],
+    run: Callable[..., Any],
+) -> Fit:
     if loss not in LOSSES:
         raise QemuError(f"loss: invalid value {loss!r}: one of {', '.join(LOSSES)}")
     base = base or Scenario()
@@ -321,7 +382,7 @@ def fit(
     def residuals_at(xs: Sequence[float]) -> np.ndarray:
         nonlocal evals
         evals += 1
-        return _residuals(records, reals, base.override(values_at(xs)), metrics)
+        return _residuals(records, reals, with_values(base, values_at(xs)), metrics, run)
 
     def loss_at(xs: Sequence[float]) -> float:
         return _loss(residuals_at(xs), loss)
@@ -369,7 +430,7 @@ def fit(
     except np.linalg.LinAlgError:
         log_sd = np.full(len(keys), math.inf)
     stderr = {k: float(values[k] * sd) for k, sd in zip(keys, log_sd, strict=True)}
-    return Fit(values, stderr, _loss(res, loss), evals)
+    return Fit(values, stderr, _loss(res, loss), evals, with_values(base, values))
 
 
 LOSSES = ("linear", "soft_l1")
