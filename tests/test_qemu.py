@@ -267,9 +267,18 @@ def test_matching_scenario_models_qemus_rate_limiter_version_and_idle_kernel():
     # A cap it stayed well below: the link is what it achieved.
     capped["spec"]["max_postcopy_bandwidth_bytes_per_s"] = 2 * achieved
     assert matching_scenario(capped, base).network.bandwidth_bytes_per_s == pytest.approx(achieved)
-    # QEMU 8 on: the return-path thread sends them.
-    capped["qemu_version"] = {"major": 8, "minor": 2, "micro": 0}
+    # With preempt, QEMU 7.x's background scan continues after a requested page (one
+    # page-search state), unless the base asks for another locality.
+    preempt = copy.deepcopy(capped)
+    preempt["spec"]["preempt"] = True
+    assert (s.network.preempt, s.migration.locality) == (False, "continue")
+    assert matching_scenario(preempt).migration.locality == "hint"
+    bubbling = Scenario().override({"migration.locality": "bubbling"})
+    assert matching_scenario(preempt, bubbling).migration.locality == "bubbling"
+    # QEMU 8 on: the return-path thread sends them, and the scan keeps its place.
+    capped["qemu_version"] = preempt["qemu_version"] = {"major": 8, "minor": 2, "micro": 0}
     assert matching_scenario(capped).migration.urgent_sender == "return_path"
+    assert matching_scenario(preempt).migration.locality == "continue"
     # The idle guest: its kernel's pages, scattered and written.
     capped["spec"]["workload"] = "idle"
     w = matching_scenario(capped).workload

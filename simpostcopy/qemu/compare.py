@@ -103,6 +103,11 @@ def matching_scenario(
             "workload.accesses_per_s": rate,
             "workload.write_fraction": 1.0,
         }
+    old = _major(record.get("qemu_version")) < 8
+    if spec["preempt"] and old and base.migration.locality == "continue":
+        # QEMU 7.x has one page-search state: the background scan continues after the
+        # requested page with preempt too (get_queued_page); 8.0 on keeps its place.
+        workload["migration.locality"] = "hint"
     guest = record.get("guest") or {}
     if words[0] != "idle" and guest.get("frames"):
         # Where the buffer really lies (its frames per bin, from the guest's pagemap).
@@ -130,9 +135,7 @@ def matching_scenario(
         "network.preempt": bool(spec["preempt"]),
         # QEMU 7.x sends requested pages from the migration thread, 8.0 on from the
         # return-path thread (see migration.urgent_sender).
-        "migration.urgent_sender": "migration_thread"
-        if _major(record.get("qemu_version")) < 8
-        else "return_path",
+        "migration.urgent_sender": "migration_thread" if old else "return_path",
         "migration.setup_s": real["setup_time_s"] if real["setup_time_s"] > 0 else 0.0,
         "migration.max_postcopy_bandwidth_bytes_per_s": spec.get(
             "max_postcopy_bandwidth_bytes_per_s", 0
