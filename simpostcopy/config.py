@@ -350,7 +350,7 @@ class FaultPath:
     wake_s: Dist = _field("dist", "8 us", check=_nonnegative)
     # One read of a migration channel by its receiving thread (a recvmsg into the
     # network.recv_buffer_bytes buffer); 0: reads cost nothing (pages are placed as they
-    # arrive).  See the README's "Receiving thread".
+    # arrive).  See the README's "What is modelled", step 4.
     recv_s: Dist = _field("dist", "0 s", check=_nonnegative)
     # The calibration file these costs came from ("" = none); see Scenario.with_calibration.
     calibration: str = _field("str", "")

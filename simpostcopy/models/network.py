@@ -206,10 +206,10 @@ class Channel:
     ``end`` (last byte sent), ``after`` (when the socket can start the next item); in
     real time: ``place_end`` (placement done).  A socket cannot drain faster than its
     receiving thread places pages (TCP flow control), so an item holds it for the longer
-    of its wire time and its placement cost, while its own bytes still travel at wire
-    speed.  An item arrives one latency after its last byte leaves (``real(end)``) and
-    the receiving thread reads and places them in order (see ``Reader``; with reads free,
-    ``P[i] = max(A[i], P[i-1]) + cost[i]``).
+    of its wire time and the thread's time for it (``Reader.busy``), while its own bytes
+    still travel at wire speed.  An item arrives one latency after its last byte leaves
+    (``real(end)``) and the receiving thread reads and places them in order (see
+    ``Reader``; with reads free, ``P[i] = max(A[i], P[i-1]) + cost[i]``).
 
     Placements are computed lazily.  A pause (an urgent page on the preempt channel)
     only delays the arrivals of the items it catches, so it just marks the placements
@@ -217,7 +217,8 @@ class Channel:
     the true one; with costly reads it need not be (a later arrival can join a fuller
     read and be placed sooner, though never before the pause), so the channel then tells
     its listener (the destination re-checks its waits) and never reads a stale value as
-    a bound.  Exact values are computed, vectorised, only as far as someone needs them:
+    a bound.  Exact values are computed (vectorised while reads are free) only as far as
+    someone needs them:
     ``settle(now)`` writes the items placed by ``now`` into the page ledger (what
     presence checks read) and ``placement(h)`` answers for one page.  So the cost of a
     pause does not grow with the data in flight.  Items placed by the time of a

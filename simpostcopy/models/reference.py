@@ -123,8 +123,8 @@ class RefSource(RequestQueue):
     the rate limit allows and the bytes ahead of it in the socket have drained to
     ``inflight_bytes`` minus its size; the socket starts it when it has finished the page
     before (holding each page for max(wire time, the receiving thread's time per page));
-    its last byte arrives
-    one latency after it leaves.  An urgent page on the preempt channel pauses the main
+    its last byte arrives one latency after it leaves, and the receiving thread reads and
+    places it (RefReceiver).  An urgent page on the preempt channel pauses the main
     channel's clock for its wire time.
     """
 

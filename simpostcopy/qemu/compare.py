@@ -104,10 +104,6 @@ def matching_scenario(
             "workload.write_fraction": 1.0,
         }
     old = _major(record.get("qemu_version")) < 8
-    if spec["preempt"] and old and base.migration.locality == "continue":
-        # QEMU 7.x has one page-search state: the background scan continues after the
-        # requested page with preempt too (get_queued_page); 8.0 on keeps its place.
-        workload["migration.locality"] = "hint"
     guest = record.get("guest") or {}
     if words[0] != "idle" and guest.get("frames"):
         # Where the buffer really lies (its frames per bin, from the guest's pagemap).
@@ -142,6 +138,10 @@ def matching_scenario(
         ),
         **workload,
     }
+    if spec["preempt"] and old and base.migration.locality == "continue":
+        # QEMU 7.x has one page-search state: the background scan continues after the
+        # requested page with preempt too (get_queued_page); 8.0 on keeps its place.
+        over["migration.locality"] = "hint"
     switch = real["switchover_time_s"]
     if math.isfinite(switch) and switch > over["migration.setup_s"]:
         over |= {
@@ -354,6 +354,8 @@ def fit(
     steer the fit (standard errors then from the reweighted Gauss-Newton step).  A
     distribution is fitted by its mean, keeping its shape (see with_values).  ``workers``
     processes simulate the runs of each evaluation."""
+    if loss not in LOSSES:
+        raise QemuError(f"loss: invalid value {loss!r}: one of {', '.join(LOSSES)}")
     with _runner(workers) as run:
         return _fit(records, keys, base, metrics, loss, rounds, progress, run)
 
@@ -368,8 +370,6 @@ def _fit(
     progress: Callable[[str], None],
     run: Callable[..., Any],
 ) -> Fit:
-    if loss not in LOSSES:
-        raise QemuError(f"loss: invalid value {loss!r}: one of {', '.join(LOSSES)}")
     base = base or Scenario()
     reals = [importer.summary(r) for r in records]
     bounds = [bounds_of(k, base) for k in keys]
