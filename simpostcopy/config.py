@@ -235,7 +235,8 @@ class Workload:
     # its pages drawn at random from all of RAM (in address order), as a kernel's are, or
     # "map": exactly the pages listed in working_set_map.
     layout: str = _field("str", "contiguous", choices=("contiguous", "scattered", "map"))
-    # A .npy file of the working set's target-page numbers, ascending (see load_page_list).
+    # A .npy file of the working set's distinct target-page numbers, in the order the
+    # workload walks them (see load_page_list).
     working_set_map: str = _field("str", "")
 
     def __post_init__(self) -> None:
@@ -387,8 +388,8 @@ def load_zero_map(path: str | os.PathLike[str], ram_pages: int) -> np.ndarray:
 
 
 def load_page_list(path: str | os.PathLike[str], ram_pages: int, count: int) -> np.ndarray:
-    """A working-set map: a .npy file of ``count`` target-page numbers, strictly
-    ascending, each below ``ram_pages``."""
+    """A working-set map: a .npy file of ``count`` distinct target-page numbers, each
+    below ``ram_pages``, in the order the workload walks them."""
     key = "workload.working_set_map"
     pages = _load_npy(key, path)
     if pages.ndim != 1 or not np.issubdtype(pages.dtype, np.integer):
@@ -403,10 +404,10 @@ def load_page_list(path: str | os.PathLike[str], ram_pages: int, count: int) -> 
             path,
             f"lists {pages.size} pages; workload.working_set_bytes asks for {count} (4 KiB each)",
         )
-    if pages.size and (pages[0] < 0 or pages[-1] >= ram_pages or (np.diff(pages) <= 0).any()):
-        raise _npy_error(
-            key, path, f"page numbers must be strictly ascending, within 0..{ram_pages - 1}"
-        )
+    if pages.size and (
+        pages.min() < 0 or pages.max() >= ram_pages or np.unique(pages).size != pages.size
+    ):
+        raise _npy_error(key, path, f"page numbers must be distinct, within 0..{ram_pages - 1}")
     return pages.astype(np.int64)
 
 

@@ -39,8 +39,8 @@ CHUNK_BYTES = 8 << 20
 
 
 def _working_set(s: Scenario) -> np.ndarray | None:
-    """The target pages of a scattered or mapped working set, in address order (None:
-    contiguous)."""
+    """The target pages of a scattered working set (in address order) or a mapped one (in
+    the map's order); None: contiguous."""
     g, w = s.guest, s.workload
     if w.layout == "contiguous" or w.pattern == "trace":
         return None

@@ -360,13 +360,30 @@ def test_memory_layout_maps_zero_pages_and_reads_the_buffer_frames(tmp_path):
 
     server = FakeQmp(tmp_path / "q.qmp", {"pmemsave": pmemsave})
     serial = tmp_path / "serial"
-    serial.write_bytes(b"guest up\r\nwl frames mib=5 0 0 703 1280 12\r\nwl runs 3\r\n")
-    layout = memory_layout(Qmp(server.path, timeout_s=5), pages * 4096, serial)
+    serial.write_bytes(
+        b"guest up\r\nwl frames mib=5 0 0 703 1280 12\r\n"
+        b"wl frameruns 2560+640 1280+63\r\nwl frameruns 6400+12\r\nwl runs 3\r\n"
+    )
+    qmp = Qmp(server.path, timeout_s=5)
+    layout = memory_layout(qmp, pages * 4096, serial)
     zero = decode_zero_map(layout["zero_map"], pages)
     assert np.flatnonzero(~zero).tolist() == nonzero
     assert layout["zero_pages"] == pages - len(nonzero)
     assert (layout["frames_bin_mib"], layout["frames"]) == (5, [0, 0, 703, 1280, 12])
+    assert layout["frame_runs"] == [[2560, 640], [1280, 63], [6400, 12]]
+    # A console cut short (fewer runs than announced): no runs rather than some.
+    serial.write_bytes(b"wl frames mib=5 0 1\r\nwl frameruns 5+1\r\nwl runs 2\r\n")
+    assert "frame_runs" not in memory_layout(qmp, pages * 4096, serial)
     assert not list(Path(tempfile.gettempdir()).glob("simpostcopy-ram-*"))  # dropped
+
+
+def test_run_pages_keep_the_buffers_own_order():
+    from simpostcopy.qemu.compare import run_pages
+
+    assert run_pages([[10, 3], [2, 2], [100, 5]], 104 * 4096).tolist() == [
+        10, 11, 12, 2, 3, 100, 101, 102, 103,
+    ]  # fmt: skip
+    assert run_pages([], 1 << 20).size == 0
 
 
 def test_frame_pages_put_each_bins_pages_at_its_top():

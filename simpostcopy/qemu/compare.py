@@ -105,12 +105,15 @@ def matching_scenario(
         }
     old = _major(record.get("qemu_version")) < 8
     guest = record.get("guest") or {}
-    if words[0] != "idle" and guest.get("frames"):
-        # Where the buffer really lies (its frames per bin, from the guest's pagemap).
-        pages = frame_pages(guest["frames"], guest["frames_bin_mib"], ram_bytes)
-        # The random workload writes the first HOTMIB MiB of its buffer: its first pages
-        # (frames are handed out mostly in ascending runs, so address order stands in for
-        # the buffer's own order).
+    if words[0] != "idle" and (guest.get("frame_runs") or guest.get("frames")):
+        # Where the buffer really lies, from the guest's pagemap: its runs of frames in
+        # the buffer's own order, or (older records) its frames per bin in address order.
+        pages = (
+            run_pages(guest["frame_runs"], ram_bytes)
+            if guest.get("frame_runs")
+            else frame_pages(guest["frames"], guest["frames_bin_mib"], ram_bytes)
+        )
+        # The random workload writes the first HOTMIB MiB of its buffer: its first pages.
         pages = pages[: workload["workload.working_set_bytes"] // TARGET_PAGE_BYTES]
         workload |= {
             "workload.layout": "map",
@@ -162,6 +165,17 @@ def matching_scenario(
         return base.override(over)
     except ScenarioError as exc:
         raise QemuError(f"cannot build the matching scenario: {exc}") from None
+
+
+def run_pages(runs: Sequence[Sequence[int]], ram_bytes: int) -> np.ndarray:
+    """The buffer's 4 KiB pages in its own order from its runs of frames ``[first,
+    count]`` (frames beyond RAM left out)."""
+    ram_pages = ram_bytes // TARGET_PAGE_BYTES
+    pages = np.concatenate(
+        [np.arange(first, first + count, dtype=np.int64) for first, count in runs]
+        or [np.empty(0, dtype=np.int64)]
+    )
+    return pages[pages < ram_pages]
 
 
 def frame_pages(frames: Sequence[int], bin_mib: int, ram_bytes: int) -> np.ndarray:

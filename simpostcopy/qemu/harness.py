@@ -123,8 +123,12 @@ class RunRecord:
     tool: str = f"simpostcopy {__version__}"
 
 
-# The workload's "wl frames" line: its buffer's pages per bin of guest-physical memory.
+# The workload's "wl frames" line: its buffer's pages per bin of guest-physical memory;
+# its "wl frameruns" lines: the buffer's runs of consecutive frames, in buffer order,
+# then "wl runs N": how many runs there are.
 FRAMES_LINE = re.compile(rb"wl frames mib=(?P<mib>\d+)(?P<counts>(?: \d+)*)")
+RUNS_LINE = re.compile(rb"wl frameruns(?P<runs>(?: \d+\+\d+)+)")
+RUN_COUNT_LINE = re.compile(rb"wl runs (?P<n>\d+)")
 
 
 def encode_zero_map(zero: np.ndarray) -> str:
@@ -158,10 +162,19 @@ def memory_layout(qmp: Qmp, ram_bytes: int, serial: Path) -> dict[str, Any]:
     finally:
         path.unlink(missing_ok=True)
     layout: dict[str, Any] = {"zero_map": encode_zero_map(zero), "zero_pages": int(zero.sum())}
-    m = FRAMES_LINE.search(serial.read_bytes() if serial.exists() else b"")
+    text = serial.read_bytes() if serial.exists() else b""
+    m = FRAMES_LINE.search(text)
     if m:
         layout["frames_bin_mib"] = int(m["mib"])
         layout["frames"] = [int(c) for c in m["counts"].split()]
+    count = RUN_COUNT_LINE.search(text)
+    runs = [
+        [int(x) for x in run.split(b"+")]
+        for line in RUNS_LINE.finditer(text)
+        for run in line["runs"].split()
+    ]
+    if count and runs and len(runs) == int(count["n"]):  # all of them, or none
+        layout["frame_runs"] = runs
     return layout
 
 

@@ -27,7 +27,8 @@ static double now(void) {
 
 /* Where the buffer lies in guest-physical memory (root reads PFNs from pagemap): one
  * line "wl frames mib=<bin MiB> <pages in bin 0> <pages in bin 1> ..." over all of RAM,
- * then "wl runs <n>" (maximal runs of consecutive frames, in buffer order). */
+ * then the maximal runs of consecutive frames in buffer order, 64 a line as
+ * "wl frameruns <first frame>+<frames> ...", then "wl runs <n>" (how many runs). */
 static void report_frames(unsigned char *buf, size_t pages) {
     FILE *f = fopen("/proc/self/pagemap", "rb");
     if (!f) { printf("wl frames unavailable\n"); return; }
@@ -36,14 +37,20 @@ static void report_frames(unsigned char *buf, size_t pages) {
     unsigned long long max_pfn = (unsigned long long)sysconf(_SC_PHYS_PAGES) * 5 / 4;
     unsigned long bin_pages = (unsigned long)((max_pfn + BINS - 1) / BINS);
     bin_pages = (bin_pages + 255) / 256 * 256; /* whole MiB */
-    unsigned long long prev = 0, runs = 0;
+    unsigned long long prev = 0, runs = 0, cap = 1024;
+    unsigned long long (*run)[2] = malloc(cap * sizeof *run);
     for (size_t i = 0; i < pages; i++) {
         uint64_t e = 0;
         uintptr_t v = (uintptr_t)(buf + i * PAGE) / PAGE;
         if (fseeko(f, (off_t)(v * 8), SEEK_SET) || fread(&e, 8, 1, f) != 1) break;
         if (!(e >> 63)) continue;
         unsigned long long pfn = e & ((1ULL << 55) - 1);
-        if (i == 0 || pfn != prev + 1) runs++;
+        if (runs == 0 || pfn != prev + 1) {
+            if (run && runs == cap) run = realloc(run, (cap *= 2) * sizeof *run);
+            if (run) { run[runs][0] = pfn; run[runs][1] = 0; }
+            runs++;
+        }
+        if (run) run[runs - 1][1]++;
         prev = pfn;
         if (pfn / bin_pages < BINS) bins[pfn / bin_pages]++;
     }
@@ -52,7 +59,12 @@ static void report_frames(unsigned char *buf, size_t pages) {
     int last = BINS - 1;
     while (last > 0 && !bins[last]) last--;
     for (int b = 0; b <= last; b++) printf(" %lu", bins[b]);
-    printf("\nwl runs %llu\n", runs);
+    printf("\n");
+    for (unsigned long long r = 0; run && r < runs; r++)
+        printf("%s%llu+%llu%s", r % 64 ? " " : "wl frameruns ", run[r][0], run[r][1],
+               r % 64 == 63 || r == runs - 1 ? "\n" : "");
+    printf("wl runs %llu\n", runs);
+    free(run);
     fflush(stdout);
 }
 
