@@ -349,7 +349,11 @@ def _fit(args: argparse.Namespace) -> int:
     if not keys:
         raise CliError("--params: give at least one dotted setting key")
     try:
-        metrics = calibration.sequence_arg(args.metrics, tuple(compare.METRICS), "--metrics")
+        metrics = (
+            calibration.sequence_arg(args.metrics, tuple(compare.METRICS), "--metrics")
+            if args.metrics is not None
+            else compare.FIT_METRICS
+        )
     except ValueError as exc:
         raise CliError(str(exc)) from None
     result = compare.fit(
@@ -509,14 +513,13 @@ def build_parser() -> argparse.ArgumentParser:
     fitp.add_argument("--scenario", help="base scenario TOML")
     fitp.add_argument(
         "--metrics",
-        default="total_time_s,postcopy_bytes,postcopy_requests,blocktime_s",
-        help="what the fit matches (comma-separated summary keys)",
+        help="what the fit matches (comma-separated summary keys; default: total time,"
+        " postcopy bytes, requests, blocktime)",
     )
     fitp.add_argument(
         "--loss",
-        choices=("linear", "soft_l1"),
         default="linear",
-        help="squared log errors, or soft L1 (robust to runs the model cannot explain)",
+        help="linear: squared log errors; soft_l1: robust to runs the model cannot explain",
     )
     fitp.add_argument("--rounds", type=_positive_int, default=3, help="search passes")
     fitp.add_argument(

@@ -443,6 +443,8 @@ def test_fit_losses_and_metrics(capsys):
     assert math.isfinite(result.loss) and result.loss >= 0
     assert main(["fit", str(REAL), "--params", "network.inflight_bytes", "--metrics", "speed"]) == 2
     assert "--metrics: invalid value 'speed'" in capsys.readouterr().err
+    assert main(["fit", str(REAL), "--params", "network.inflight_bytes", "--loss", "huber"]) == 2
+    assert "loss: invalid value 'huber': one of linear, soft_l1" in capsys.readouterr().err
 
 
 def test_trace_reader_matches_requests_to_placements(tmp_path):

@@ -54,10 +54,8 @@ def spread(records: dict[str, dict]) -> pd.Series:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default=PARAMS)
-    parser.add_argument(
-        "--metrics", default="total_time_s,postcopy_bytes,postcopy_requests,blocktime_s"
-    )
-    parser.add_argument("--loss", default="soft_l1", choices=("linear", "soft_l1"))
+    parser.add_argument("--metrics", default=",".join(compare.FIT_METRICS))
+    parser.add_argument("--loss", default="soft_l1", choices=compare.LOSSES)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--base", type=Path, help="scenario TOML to start from (default: BASE)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
