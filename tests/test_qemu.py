@@ -501,3 +501,125 @@ def test_workers_change_nothing_and_a_distribution_is_fitted_by_its_mean():
     assert recv.mean == pytest.approx(one.params["fault_path.recv_s"])
     with pytest.raises(QemuError, match="workers: invalid value 0"):
         compare(records, workers=0)
+
+
+# -- the idle guest's footprint -------------------------------------------------------------------
+def _requests(rows):
+    return pd.DataFrame(rows, columns=["t_s", "offset", "wait_s", "ramblock"])
+
+
+def test_footprint_keeps_first_touches_in_order_anchored_to_the_data():
+    from simpostcopy.qemu import trace
+
+    zero = np.ones(64, dtype=bool)
+    zero[[3, 4, 5, 10, 11, 40]] = False  # pages with data: indices 0..5 among them
+    requests = _requests(
+        [
+            (0.0000, 10 << 12, 0.0010, "pc.ram"),  # placed at 1.0 ms
+            (0.0015, 4 << 12, 0.0020, "pc.ram"),  # 0.5 ms of guest time; placed at 3.5 ms
+            (0.0034, 7 << 12, 0.0001, "pc.ram"),  # logged before that placement: gap 0
+            (0.0040, 0 << 12, 0.0001, "pc.rom"),  # not the guest's RAM
+            (0.0045, 4 << 12, 0.0001, "pc.ram"),  # asked again: not a first touch
+            (0.0050, 50 << 12, 0.0001, "pc.ram"),  # beyond the last page with data
+        ]
+    )
+    table = trace.footprint(requests, zero)
+    assert table.columns.tolist() == ["page", "anchor", "delta_pages", "gap_s"]
+    assert table.page.tolist() == [10, 4, 7, 50]
+    assert table.anchor.tolist() == [3, 1, 3, 5]
+    assert table.delta_pages.tolist() == [0, 0, -3, 10]
+    # The guest's time before the repeat (1.0 ms) goes to the next first touch (+0.4 ms).
+    assert table.gap_s.tolist() == pytest.approx([0.0, 0.0005, 0.0, 0.0014], abs=1e-12)
+    # Another boot: the same data 10 pages higher, and one with fewer pages of data.
+    moved = np.roll(zero, 10)
+    assert trace.relocate(table, moved).tolist() == [20, 14, 17, 60]
+    fewer = np.ones(64, dtype=bool)
+    fewer[[30, 31]] = False
+    assert trace.relocate(table, fewer).tolist() == [31, 31, 28, 41]
+    assert trace.relocate(table, np.ones(16, dtype=bool) & (np.arange(16) != 0)).tolist() == [
+        0,
+        0,
+        0,
+        10,
+    ]
+    with pytest.raises(ValueError, match="no page with data"):
+        trace.footprint(requests, np.ones(64, dtype=bool))
+    with pytest.raises(ValueError, match="beyond the zero-page map"):
+        trace.footprint(requests, zero[:32])
+
+
+def test_idle_trace_replays_the_footprint_with_its_gaps():
+    from simpostcopy.qemu.compare import IDLE_TRACE_RATE, idle_trace
+
+    assert IDLE_TRACE_RATE == 1e5  # gaps in steps of 10 us
+    zero = np.ones(32, dtype=bool)
+    zero[[2, 5, 9]] = False
+    footprint = pd.DataFrame(
+        {"page": [5, 9, 2], "anchor": [1, 2, 0], "delta_pages": [0, 0, 0], "gap_s": [0, 3e-5, 0]}
+    )
+    # Two accesses on the source (to the first page), then the first touches, the second
+    # 30 us of the guest's time (three accesses to the page before) after the first.
+    assert idle_trace(footprint, zero, lead=2).tolist() == [5, 5, 5, 5, 5, 5, 9, 2]
+    assert idle_trace(footprint, np.roll(zero, 1)).tolist() == [6, 6, 6, 6, 10, 3]
+
+
+def test_the_idle_guest_replays_its_measured_footprint(tmp_path, monkeypatch):
+    import copy
+
+    from simpostcopy.engine import simulate
+    from simpostcopy.qemu import compare
+    from simpostcopy.qemu.harness import encode_zero_map
+
+    monkeypatch.setattr(compare, "MAP_DIR", tmp_path / "maps")
+    record = copy.deepcopy(importer.load(REAL))
+    record["spec"]["workload"] = "idle"
+    # Older records without a zero-page map: the scattered stand-in.
+    w = compare.matching_scenario(record).workload
+    assert (w.pattern, w.layout, w.working_set_bytes) == ("uniform", "scattered", 128 << 10)
+    pages = record["spec"]["ram_mib"] << 8
+    zero = np.ones(pages, dtype=bool)
+    zero[1000:3000] = False  # where this boot's data lies
+    record["guest"]["zero_map"] = encode_zero_map(zero)
+    footprint = pd.DataFrame(
+        {
+            "page": [7, 8, 100],
+            "anchor": [10, 11, 1500],
+            "delta_pages": [0, 0, -4],
+            "gap_s": [0.0, 0.002, 0.001],
+        }
+    )
+    path = tmp_path / "footprint.csv"
+    footprint.to_csv(path, index=False)
+    monkeypatch.setattr(compare, "IDLE_FOOTPRINT", path)
+    real = importer.summary(record)
+    s = compare.matching_scenario(record, real=real)
+    w = s.workload
+    assert (w.pattern, w.accesses_per_s, w.write_fraction) == ("trace", 1e5, 1.0)
+    lead = math.ceil((real["switchover_time_s"] - real["setup_time_s"]) * 1e5 - 1e-9)
+    trace = pd.read_parquet(w.trace_path)
+    assert trace.vcpu.eq(0).all()
+    assert trace.page.tolist() == [1010] * (lead + 1) + [1010] * 200 + [1011] + [1011] * 100 + [
+        2496
+    ]
+    # The guest on the destination touches the footprint's pages and no others.
+    faults = simulate(s).faults
+    assert set(faults.target_page) <= {1010, 1011, 2496} and len(faults)
+    footprint.drop(columns="gap_s").to_csv(path, index=False)
+    with pytest.raises(QemuError, match="lacks column"):
+        compare.matching_scenario(record, real=real)
+
+
+def test_the_shipped_idle_footprint_is_the_committed_runs():
+    from simpostcopy.qemu import compare, trace
+    from simpostcopy.qemu.harness import decode_zero_map
+
+    here = Path(__file__).resolve().parents[1] / "experiments" / "qemu"
+    record = importer.load(here / "idle_footprint_run.json")
+    requests = pd.read_csv(here / "idle_footprint_requests.csv")
+    zero = decode_zero_map(record["guest"]["zero_map"], record["spec"]["ram_mib"] << 8)
+    shipped = pd.read_csv(compare.IDLE_FOOTPRINT)
+    derived = trace.footprint(requests, zero)
+    pd.testing.assert_frame_equal(shipped[["page", "anchor", "delta_pages"]], derived.iloc[:, :3])
+    assert shipped.gap_s.to_numpy() == pytest.approx(derived.gap_s.to_numpy(), abs=2e-6)
+    # Every page it touched first held data before the run.
+    assert (shipped.delta_pages == 0).all() and len(shipped) > 100

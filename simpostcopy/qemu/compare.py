@@ -5,8 +5,8 @@ A real run is matched by: RAM and vCPUs, 4 KiB pages, the bandwidth QEMU actuall
 (``ram.mbps``), preempt, the switch-over time from QEMU's own events (precopy until then at
 the run's ``max-bandwidth``), the setup time, the zero-page share QEMU counted
 (``ram.duplicate``), and the workload with the touch rate the guest measured (idle: the
-kernel's own ~1000 touches a second over 128 KiB; ``seq,N``: a sequential sweep over N MiB;
-``rand,N,H``: uniform writes over H MiB).
+idle guest's measured first touches, ``idle_trace``; ``seq,N``: a sequential sweep over N
+MiB; ``rand,N,H``: uniform writes over H MiB).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from simpostcopy.config import (
     setting_value,
 )
 from simpostcopy.engine import simulate
-from simpostcopy.qemu import importer
+from simpostcopy.qemu import importer, trace
 from simpostcopy.qemu.errors import QemuError
 from simpostcopy.qemu.harness import decode_zero_map
 
@@ -45,7 +45,11 @@ METRICS = {
     "vcpu_blocktime_s": "vcpu_blocktime_s",
     "guest_longest_stall_s": "latency_max_s",
 }
-IDLE_BYTES = 128 << 10
+IDLE_BYTES = 128 << 10  # the idle stand-in for records without a zero-page map
+# The idle test guest's first touches, measured by experiments/qemu/idle_footprint.py
+# (trace.footprint), and the rate at which the model replays them (see idle_trace).
+IDLE_FOOTPRINT = Path(__file__).resolve().parent / "idle_footprint.csv"
+IDLE_TRACE_RATE = 1e5
 # Where measured page maps (zero pages, the workload's buffer) are kept as .npy files.
 MAP_DIR = Path.home() / ".cache" / "simpostcopy" / "maps"
 CAP_BOUND = 0.8
@@ -77,10 +81,27 @@ def matching_scenario(
         bandwidth = max(achieved, base.network.bandwidth_bytes_per_s)
     words = spec["workload"].split(",")
     rate = float(record.get("guest", {}).get("touch_rate_per_s") or 1000.0)
-    if words[0] == "idle":
-        # The idle guest's kernel still touches and writes a few dozen pages (timers,
-        # scheduler, stacks, console) spread over RAM: about a thousand touches a second
-        # over 128 KiB of scattered pages.
+    guest = record.get("guest") or {}
+    switch = real["switchover_time_s"]
+    setup = real["setup_time_s"] if real["setup_time_s"] > 0 else 0.0
+    if words[0] == "idle" and guest.get("zero_map"):
+        # The idle guest's own first touches, measured, moved onto this boot's data; they
+        # begin when it resumes on the destination (see idle_trace's ``lead``).
+        zero = decode_zero_map(guest["zero_map"], ram_bytes // TARGET_PAGE_BYTES)
+        lead = math.ceil((switch - setup) * IDLE_TRACE_RATE - 1e-9) if math.isfinite(switch) else 0
+        accesses = idle_trace(_idle_footprint(), zero, max(lead, 0))
+        workload = {
+            "workload.pattern": "trace",
+            "workload.trace_path": str(_cached_trace(accesses, spec["vcpus"])),
+            "workload.working_set_bytes": ram_bytes,
+            "workload.working_set_offset_bytes": 0,
+            "workload.layout": "contiguous",
+            "workload.accesses_per_s": IDLE_TRACE_RATE,
+            "workload.write_fraction": 1.0,
+        }
+    elif words[0] == "idle":
+        # Older records (no zero-page map to place the footprint on): the kernel's own
+        # writes as about a thousand touches a second over 128 KiB of scattered pages.
         workload = {
             "workload.pattern": "uniform",
             "workload.working_set_bytes": IDLE_BYTES,
@@ -104,7 +125,6 @@ def matching_scenario(
             "workload.write_fraction": 1.0,
         }
     old = _major(record.get("qemu_version")) < 8
-    guest = record.get("guest") or {}
     if words[0] != "idle" and (guest.get("frame_runs") or guest.get("frames")):
         # Where the buffer really lies, from the guest's pagemap: its runs of frames in
         # the buffer's own order, or (older records) its frames per bin in address order.
@@ -135,7 +155,7 @@ def matching_scenario(
         # QEMU 7.x sends requested pages from the migration thread, 8.0 on from the
         # return-path thread (see migration.urgent_sender).
         "migration.urgent_sender": "migration_thread" if old else "return_path",
-        "migration.setup_s": real["setup_time_s"] if real["setup_time_s"] > 0 else 0.0,
+        "migration.setup_s": setup,
         "migration.max_postcopy_bandwidth_bytes_per_s": spec.get(
             "max_postcopy_bandwidth_bytes_per_s", 0
         ),
@@ -145,8 +165,7 @@ def matching_scenario(
         # QEMU 7.x has one page-search state: the background scan continues after the
         # requested page with preempt too (get_queued_page); 8.0 on keeps its place.
         over["migration.locality"] = "hint"
-    switch = real["switchover_time_s"]
-    if math.isfinite(switch) and switch > over["migration.setup_s"]:
+    if math.isfinite(switch) and switch > setup:
         over |= {
             "migration.switchover": "postcopy_after_timeout",
             "migration.completion_timeout_per_gib_s": (switch - over["migration.setup_s"])
@@ -165,6 +184,35 @@ def matching_scenario(
         return base.override(over)
     except ScenarioError as exc:
         raise QemuError(f"cannot build the matching scenario: {exc}") from None
+
+
+def idle_trace(footprint: pd.DataFrame, zero: np.ndarray, lead: int = 0) -> np.ndarray:
+    """The idle guest's accesses for the model's ``trace`` pattern at IDLE_TRACE_RATE
+    accesses a second: its measured first touches (``footprint``, see
+    ``trace.footprint``) moved onto a boot whose zero-page map is ``zero``
+    (``trace.relocate``), each after its gap of the guest's own run time, spent touching
+    the page it touched before (there by then) in steps of one access.  The footprint was
+    measured from the guest's resumption on the destination, so the ``lead`` accesses it
+    makes on the source before switch-over touch its first page only."""
+    pages = trace.relocate(footprint, zero)
+    if not pages.size:
+        raise QemuError("the idle footprint has no pages")
+    steps = np.rint(footprint["gap_s"].to_numpy(float) * IDLE_TRACE_RATE).astype(np.int64)
+    steps[0] += lead
+    before = np.concatenate((pages[:1], pages[:-1]))
+    counts = np.column_stack((steps, np.ones_like(steps))).ravel()
+    return np.repeat(np.column_stack((before, pages)).ravel(), counts)
+
+
+def _idle_footprint() -> pd.DataFrame:
+    try:
+        table = pd.read_csv(IDLE_FOOTPRINT)
+    except (OSError, ValueError) as exc:
+        raise QemuError(f"cannot read the idle guest's footprint {IDLE_FOOTPRINT}: {exc}") from None
+    missing = [c for c in trace.FOOTPRINT_COLUMNS if c not in table.columns]
+    if missing:
+        raise QemuError(f"the idle footprint {IDLE_FOOTPRINT} lacks column(s) {missing}")
+    return table
 
 
 def run_pages(runs: Sequence[Sequence[int]], ram_bytes: int) -> np.ndarray:
@@ -201,6 +249,22 @@ def _cached(array: np.ndarray, kind: str) -> Path:
     if not path.exists():
         tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
         np.save(tmp, array)
+        os.replace(tmp, path)
+    return path
+
+
+def _cached_trace(pages: np.ndarray, vcpus: int) -> Path:
+    """A trace file in which every one of ``vcpus`` vCPUs replays ``pages`` (parquet under
+    MAP_DIR, named by its content)."""
+    MAP_DIR.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256(pages.astype(np.int64).tobytes() + bytes([vcpus])).hexdigest()[:20]
+    path = MAP_DIR / f"idle-{digest}.parquet"
+    if not path.exists():
+        table = pd.DataFrame(
+            {"vcpu": np.repeat(np.arange(vcpus), pages.size), "page": np.tile(pages, vcpus)}
+        )
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.parquet")
+        table.to_parquet(tmp, index=False)
         os.replace(tmp, path)
     return path
 
