@@ -271,6 +271,10 @@ class Network:
     # IO_BUF_SIZE) and places the pages of one read before the next; fault_path.recv_s
     # is one read's cost.
     recv_buffer_bytes: int = _field("bytes", "32 KiB", gt=0)
+    # The source writes the main channel's pages in batches of this many target pages
+    # holding data (QEMU's QEMUFile: one writev per MAX_IOV_SIZE = 64 iovec entries, a
+    # header and a page each, so 32); 1: each page on its own.
+    send_batch_pages: int = _field("int", 1, min=1)
 
     def __post_init__(self) -> None:
         _validate(self)

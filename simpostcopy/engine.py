@@ -19,7 +19,7 @@ from simpostcopy.config import (
 from simpostcopy.distributions import Draws, IndexedDraws
 from simpostcopy.models.destination import Destination
 from simpostcopy.models.ledger import VIA_PRECOPY, Fault, Pages
-from simpostcopy.models.network import Channel, Reader, UrgentChannel
+from simpostcopy.models.network import Batches, Channel, Reader, UrgentChannel
 from simpostcopy.models.precopy import (
     DISCARD_RANGE_BYTES,
     PrecopyOutcome,
@@ -245,6 +245,12 @@ def simulate(
         )
         for channel in ("main", "preempt")
     )
+    # The source's QEMUFile writes the main channel's pages in batches (Batches).
+    batches = Batches(
+        net.send_batch_pages,
+        (TARGET_PAGE_BYTES + mig.page_header_bytes) / bw,
+        g.host_page_bytes // TARGET_PAGE_BYTES,
+    )
     busy = reader.busy(pages.wire_bytes, pages.place_cost_s)
     drain_rate = min(bw, float(pages.wire_bytes.max() / np.median(busy)))
     if engine == "reference":
@@ -266,10 +272,17 @@ def simulate(
             hold_urgent=hold_urgent,
             reader=reader,
             preempt_reader=preempt_reader,
+            batches=batches,
         )
     else:
         main = Channel(
-            bw, net.latency_s, pages, dest.channel_changed, free=link_free_s, reader=reader
+            bw,
+            net.latency_s,
+            pages,
+            dest.channel_changed,
+            free=link_free_s,
+            reader=reader,
+            batches=batches,
         )
         dest.in_flight = main
         preempt = (

@@ -3,7 +3,9 @@
 - The main channel computes placements lazily (a pause only marks them stale); after
   any sequence of appends, pauses, truncations, settles and compactions its answers
   equal an eager recomputation of the receiving thread's reads from the clock, with reads
-  free and with reads that cost more than placing a page.
+  free and with reads that cost more than placing a page, pages written one by one and
+  in batches; its batches' readable times equal a recomputation over every page it ever
+  kept.
 - Zipf ranks drawn through the guide table equal a search over the whole CDF.
 """
 
@@ -14,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from simpostcopy.models.ledger import Pages
-from simpostcopy.models.network import Channel, Reader
+from simpostcopy.models.network import Batches, Channel, Reader
 from simpostcopy.models.workload import _zipf_table, zipf_ranks
 
 N_PAGES = 64
@@ -40,7 +42,7 @@ def close(actual: np.ndarray, expected: np.ndarray) -> None:
 
 def _eager(ch: Channel) -> np.ndarray:
     """Placements of every item kept, recomputed from scratch."""
-    arrived = ch.clock.real(ch.end) + ch.latency
+    arrived = ch.clock.real(ch.ready) + ch.latency
     pages = ch.pages
     return ch.reader.receive(
         arrived, pages.wire_bytes[ch.page], pages.place_cost_s[ch.page], ch._recv
@@ -59,15 +61,20 @@ ops = st.lists(
 
 # Reads free; reads of three 4 KiB pages at 5 us, longer than any placement.
 READERS = st.sampled_from([Reader(), Reader.constant(5e-6, 3 * 4104)])
+# Pages written one by one; in batches of three data pages.
+BATCHES = st.sampled_from([Batches(), Batches(3, 4104 / BW)])
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.integers(0, 2**16), ops, READERS)
-def test_lazy_placements_equal_an_eager_recomputation(seed: int, steps, reader: Reader) -> None:
+@given(st.integers(0, 2**16), ops, READERS, BATCHES)
+def test_lazy_placements_equal_an_eager_recomputation(
+    seed: int, steps, reader: Reader, batches: Batches
+) -> None:
     pages = _pages(seed)
-    ch = Channel(BW, 50e-6, pages, on_change=lambda: None, free=0.0, reader=reader)
+    ch = Channel(BW, 50e-6, pages, on_change=lambda: None, free=0.0, reader=reader, batches=batches)
     rng = np.random.default_rng(seed)
     now, unsent = 0.0, list(rng.permutation(N_PAGES))
+    kept: list[tuple[int, float]] = []  # every item the channel kept: (page, last byte)
     for op, dt in steps:
         now += dt
         if op == "plan" and unsent:
@@ -78,6 +85,8 @@ def test_lazy_placements_equal_an_eager_recomputation(seed: int, steps, reader: 
             start = ch.schedule(batch, ready, max(ch.free, tau))
             ch.mark_plan_start()
             ch.append(batch, np.maximum.accumulate(np.maximum(start, tau)), start)
+            end = start + pages.wire_bytes[batch] / BW
+            kept += zip(batch.tolist(), end.tolist(), strict=True)
         elif op == "urgent":
             ch.pause(now, 4104 / BW)
         elif op == "settle":
@@ -85,7 +94,9 @@ def test_lazy_placements_equal_an_eager_recomputation(seed: int, steps, reader: 
         elif op == "compact":
             ch.compact(now)
         elif op == "truncate":
-            unsent.extend(ch.truncate_after(now).tolist())
+            withdrawn = ch.truncate_after(now).tolist()
+            unsent.extend(withdrawn)
+            del kept[len(kept) - len(withdrawn) :]
         elif op == "look" and ch.page.size:
             h = int(ch.page[rng.integers(ch.page.size)])
             assert abs(ch.placement(h) - _eager(ch)[ch._index(h)]) <= ROUNDING
@@ -101,6 +112,12 @@ def test_lazy_placements_equal_an_eager_recomputation(seed: int, steps, reader: 
         if not reader.mean_s:
             assert (ch.place_end <= eager + ROUNDING).all()
         close(ch.place_end[: ch._valid], eager[: ch._valid])
+        # Batches: readable times as if no item had been dropped or withdrawn.
+        if kept:
+            page, end = (np.array(v) for v in zip(*kept, strict=True))
+            ready, _ = batches.ready(end, pages.zero[page], 0, -np.inf)
+            assert ch.ready.size <= len(kept)
+            np.testing.assert_array_equal(ch.ready, ready[len(kept) - ch.ready.size :])
     ch.settle_all()
     close(pages.placed_at[ch.page], _eager(ch))
 

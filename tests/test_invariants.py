@@ -46,6 +46,8 @@ def scenarios(draw: st.DrawFn) -> Scenario:
             )
         ),
         "network.recv_buffer_bytes": draw(st.sampled_from([32 * KIB, 8 * KIB + 16])),
+        # Pages written one by one, in QEMU's batches of 32 data pages and in batches of 3.
+        "network.send_batch_pages": draw(st.sampled_from([1, 1, 32, 3])),
         "migration.setup_s": draw(st.sampled_from([0.0, 0.01])),
         "migration.device_state_bytes": draw(st.sampled_from([0, 100_000])),
         "migration.max_postcopy_bandwidth_bytes_per_s": draw(st.sampled_from([0, 5e6, 2e8])),

@@ -254,6 +254,8 @@ def test_matching_scenario_models_qemus_rate_limiter_version_and_idle_kernel():
     # QEMU 7.2 sends requested pages from its migration thread; no cap: the link is the
     # rate the run achieved, in the default 100 ms windows.
     assert s.migration.urgent_sender == "migration_thread"
+    # QEMU writes the main channel 32 data pages to a writev.
+    assert s.network.send_batch_pages == 32
     assert s.migration.max_postcopy_bandwidth_bytes_per_s == 0
     assert s.migration.rate_limit_window_s == 0.1
     achieved = record["source"]["ram"]["mbps"] * 1e6 / 8

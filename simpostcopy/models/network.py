@@ -135,6 +135,41 @@ class Reader:
 PAUSE_TIE = 1e-14  # relative channel-time rounding between back-to-back pauses
 
 
+class Batches:
+    """How the source's ``QEMUFile`` writes a channel's pages: it queues them as iovec
+    entries -- a header and the page's data each, by reference -- and writes them out with
+    one ``writev`` when ``MAX_IOV_SIZE`` (64) entries are queued: every ``pages`` (32)
+    target pages holding data.  A zero page's few bytes join the buffer between them and
+    add no entry.  So a page can be read at the destination only once its batch is
+    written: when the last data page of the batch has been produced, which the model
+    takes to follow at the link's pace (``page_s``: one data target page's wire time).
+    ``pages = 1``: every page is written on its own.  Not modelled: QEMU also writes a
+    partial batch at the end of an iteration (a spent rate-limit window, the last page),
+    which the model then sees at most a batch's wire time late.
+    """
+
+    def __init__(self, pages: int = 1, page_s: float = 0.0, per_host: int = 1) -> None:
+        self.pages = pages
+        self.page_s = page_s
+        self.per_host = per_host  # target pages per host page
+
+    def ready(
+        self, end: np.ndarray, zero: np.ndarray, fill: int, last: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Channel times at which items whose last bytes leave at ``end`` can be read
+        (their batches written, in order), and the data target pages written after each
+        (a running count): ``zero`` marks zero pages, ``fill`` and ``last`` are the count
+        and the readable time after the item before."""
+        counts = np.where(zero, 0, self.per_host)
+        after = fill + np.cumsum(counts)
+        if self.pages == 1:
+            return end, after
+        # Data pages still to come before the batch is written: a data page's batch ends
+        # at the next multiple of `pages`; a zero page waits for the next data page's.
+        rest = np.where(counts > 0, (-after) % self.pages, self.pages - after % self.pages)
+        return np.maximum.accumulate(np.maximum(end + rest * self.page_s, last)), after
+
+
 class Clock:
     """The main channel's own time: it stops while an urgent page is on the preempt channel.
 
@@ -203,12 +238,13 @@ class Channel:
     """Host pages in flight on one socket and waiting for its receiving thread.
 
     Per item, in the channel's clock: ``enq`` (written to the socket by the source),
-    ``end`` (last byte sent), ``after`` (when the socket can start the next item); in
-    real time: ``place_end`` (placement done).  A socket cannot drain faster than its
+    ``ready`` (its batch written and its last byte sent: see ``Batches``; with batches of
+    one page, when its last byte leaves), ``after`` (when the socket can start the next
+    item); in real time: ``place_end`` (placement done).  A socket cannot drain faster than its
     receiving thread places pages (TCP flow control), so an item holds it for the longer
     of its wire time and the thread's time for it (``Reader.busy``), while its own bytes
-    still travel at wire speed.  An item arrives one latency after its last byte leaves
-    (``real(end)``) and the receiving thread reads and places them in order (see
+    still travel at wire speed.  An item arrives one latency after it is ready
+    (``real(ready)``) and the receiving thread reads and places them in order (see
     ``Reader``; with reads free, ``P[i] = max(A[i], P[i-1]) + cost[i]``).
 
     Placements are computed lazily.  A pause (an urgent page on the preempt channel)
@@ -233,12 +269,16 @@ class Channel:
         on_change: Callable[[], None],
         free: float,
         reader: Reader | None = None,
+        batches: Batches | None = None,
     ) -> None:
         self.bandwidth = bandwidth
         self.latency = latency
         self.clock = Clock()
         self.pages = pages
         self.reader = reader or Reader()
+        self.batches = batches or Batches()
+        # After the items dropped: data target pages written and the last readable time.
+        self._fill0, self._ready0 = 0, -np.inf
         self._on_change = on_change
         self.free = free  # channel time when the socket can take the next item
         self.bytes_sent = 0  # bytes written to this socket (withdrawn plans excluded)
@@ -248,7 +288,8 @@ class Channel:
         self._recv: tuple[float, float, float, int] = (free, -np.inf, np.inf, 0)
         self.page = _EMPTY_I
         self.enq = _EMPTY_F
-        self.end = _EMPTY_F
+        self.ready = _EMPTY_F
+        self.fill = _EMPTY_I  # data target pages written up to and with the item
         self.after = _EMPTY_F
         self.place_end = _EMPTY_F  # exact below _valid, a lower bound from there on
         self.read_t = _EMPTY_F  # real time of the read that took the item
@@ -262,7 +303,8 @@ class Channel:
     def _slice(self, lo: int, hi: int | None) -> None:
         self.page = self.page[lo:hi]
         self.enq = self.enq[lo:hi]
-        self.end = self.end[lo:hi]
+        self.ready = self.ready[lo:hi]
+        self.fill = self.fill[lo:hi]
         self.after = self.after[lo:hi]
         self.place_end = self.place_end[lo:hi]
         self.read_t = self.read_t[lo:hi]
@@ -271,13 +313,13 @@ class Channel:
 
     # -- placement times -------------------------------------------------------------------
     def _placed(
-        self, pages: np.ndarray, end: np.ndarray, after: int
+        self, pages: np.ndarray, ready: np.ndarray, after: int
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Placement times of ``pages`` (last bytes sent at channel times ``end``), queued
-        behind the first ``after`` items, with their reads' state (Reader.receive): arrival one
-        latency after the last byte, then the receiving thread's reads from where it was
+        """Placement times of ``pages`` (ready at channel times ``ready``), queued behind
+        the first ``after`` items, with their reads' state (Reader.receive): arrival one
+        latency after they are ready, then the receiving thread's reads from where it was
         after the item before."""
-        arrived = self.clock.real(end) + self.latency
+        arrived = self.clock.real(ready) + self.latency
         k = after - 1
         state = self._state(k) if after else self._recv
         return self.reader.receive(
@@ -303,7 +345,7 @@ class Channel:
             self.read_t[lo:hi],
             self.read_used[lo:hi],
             self.read_done[lo:hi],
-        ) = self._placed(self.page[lo:hi], self.end[lo:hi], lo)
+        ) = self._placed(self.page[lo:hi], self.ready[lo:hi], lo)
         self._valid = hi
 
     def _index(self, h: int) -> int:
@@ -349,7 +391,7 @@ class Channel:
         self._refresh(hi)
         pages = self.page[lo:hi]
         self.pages.placed_at[pages] = self.place_end[lo:hi]
-        self.pages.arrived_at[pages] = self.clock.real(self.end[lo:hi]) + self.latency
+        self.pages.arrived_at[pages] = self.clock.real(self.ready[lo:hi]) + self.latency
         self.pages.sent_at[pages] = self.clock.real(self.enq[lo:hi])
 
     def settle_all(self) -> None:
@@ -371,6 +413,7 @@ class Channel:
         if k:
             self._record(0, k)
             self._recv = self._state(k - 1)
+            self._fill0, self._ready0 = int(self.fill[k - 1]), float(self.ready[k - 1])
             self._slice(k, None)
             self._base += k
             self._settled -= k
@@ -395,7 +438,12 @@ class Channel:
         """Add items that start on the socket at channel times ``start``."""
         wire_time, hold = self._hold(pages)
         k = self.page.size
-        end = start + wire_time
+        ready, fill = self.batches.ready(
+            start + wire_time,
+            self.pages.zero[pages],
+            int(self.fill[-1]) if k else self._fill0,
+            float(self.ready[-1]) if k else self._ready0,
+        )
         if self.reader.mean_s:
             # Left to be computed when needed: a plan is often withdrawn unread, and the
             # reads' loop is not vectorised.
@@ -404,11 +452,12 @@ class Channel:
             read_done = np.zeros(pages.size, dtype=np.int64)
         else:
             # Exact if every placement before them is, else lower bounds (FIFO is monotone).
-            placed, read_t, read_used, read_done = self._placed(pages, end, k)
+            placed, read_t, read_used, read_done = self._placed(pages, ready, k)
         self._item[pages] = self._base + k + np.arange(pages.size)
         self.page = np.concatenate((self.page, pages))
         self.enq = np.concatenate((self.enq, enq))
-        self.end = np.concatenate((self.end, end))
+        self.ready = np.concatenate((self.ready, ready))
+        self.fill = np.concatenate((self.fill, fill))
         self.after = np.concatenate((self.after, start + hold))
         self.place_end = np.concatenate((self.place_end, placed))
         self.read_t = np.concatenate((self.read_t, read_t))
@@ -445,9 +494,9 @@ class Channel:
 
     def pause(self, s: float, d: float) -> None:
         """Pause for ``d`` from real time ``s`` (an urgent page on the preempt channel):
-        every item whose last byte had not left by then arrives ``d`` later."""
+        every item not ready by then arrives ``d`` later."""
         sigma = self.clock.pause(s, d)
-        self._invalidate(int(np.searchsorted(self.end, sigma, side="left")))
+        self._invalidate(int(np.searchsorted(self.ready, sigma, side="left")))
         if self.reader.mean_s:
             self._on_change()  # a placement may now come sooner (see the class docstring)
 

@@ -25,7 +25,7 @@ from simpostcopy.models.ledger import (
     Fault,
     Pages,
 )
-from simpostcopy.models.network import Clock, Reader
+from simpostcopy.models.network import Batches, Clock, Reader
 from simpostcopy.models.source import BubblingScan, LinearScan, RateWindow, RequestQueue
 from simpostcopy.models.vcpu import VCpu
 
@@ -123,9 +123,9 @@ class RefSource(RequestQueue):
     the rate limit allows and the bytes ahead of it in the socket have drained to
     ``inflight_bytes`` minus its size; the socket starts it when it has finished the page
     before (holding each page for max(wire time, the receiving thread's time per page));
-    its last byte arrives one latency after it leaves, and the receiving thread reads and
-    places it (RefReceiver).  An urgent page on the preempt channel pauses the main
-    channel's clock for its wire time.
+    it arrives one latency after its last byte leaves and its batch is written
+    (Batches), and the receiving thread reads and places it (RefReceiver).  An urgent
+    page on the preempt channel pauses the main channel's clock for its wire time.
     """
 
     def __init__(
@@ -148,8 +148,17 @@ class RefSource(RequestQueue):
         hold_urgent: bool = True,
         reader: Reader | None = None,
         preempt_reader: Reader | None = None,
+        batches: Batches | None = None,
     ) -> None:
         super().__init__(env, pages, scan, locality, preempt, window, hold_urgent)
+        # How the main channel's pages are written (Batches): data target pages written
+        # so far and when the last page written can be read.
+        self.batches = batches or Batches()
+        self._fill, self._ready = 0, -np.inf
+        # Main-channel pages written, handed to the receiver, and arrived but waiting for
+        # an earlier one (by write number).
+        self._main_written = self._main_handed = 0
+        self._main_arrived: dict[int, int] = {}
         self.dest, self.preempt = dest, preempt
         self.reader = reader or Reader()
         self.preempt_reader = preempt_reader or Reader()
@@ -189,18 +198,35 @@ class RefSource(RequestQueue):
         start = max(enq_tau, self.main_free)
         self.main_free = start + hold
         self.bytes_sent += int(self.pages.wire_bytes[h])
-        self._deliver(h, start + wire, self.main_rx, self.clock)
+        ready, fill = self.batches.ready(
+            np.array([start + wire]), self.pages.zero[[h]], self._fill, self._ready
+        )
+        self._fill, self._ready = int(fill[0]), float(ready[0])
+        self._deliver(h, self._ready, self.main_rx, self.clock)
 
     def _deliver(self, h: int, end: float, rx: RefReceiver, clock: Clock | None) -> None:
-        """Hand page ``h`` to ``rx`` one latency after its last byte (``end``) leaves;
-        main-channel times are re-read when the event fires, as pauses may move them."""
+        """Hand page ``h`` to ``rx`` one latency after it is ready (``end``: its last byte
+        has left and, on the main channel, its batch is written); main-channel times are
+        re-read when the event fires, as pauses may move them.  The main channel hands
+        its pages over in the order they were written (TCP keeps it: a batch's pages
+        arrive at one instant, and a re-armed event must not overtake them)."""
+        seq = -1
+        if clock is not None:
+            seq = self._main_written
+            self._main_written += 1
 
         def check(_e: simpy.Event) -> None:
             arrival = (clock.real(end) if clock else end) + self.latency
             if arrival > self.env.now + TIE_S:
                 _urgent_timeout(self.env, arrival - self.env.now).callbacks.append(check)
                 return
-            rx.arrive(h)
+            if seq < 0:
+                rx.arrive(h)
+                return
+            self._main_arrived[seq] = h
+            while self._main_handed in self._main_arrived:
+                rx.arrive(self._main_arrived.pop(self._main_handed))
+                self._main_handed += 1
 
         arrival = (clock.real(end) if clock else end) + self.latency
         _urgent_timeout(self.env, arrival - self.env.now).callbacks.append(check)

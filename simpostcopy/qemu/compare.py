@@ -4,9 +4,10 @@ a least-squares fit of chosen scenario parameters to a set of real runs.
 A real run is matched by: RAM and vCPUs, 4 KiB pages, the bandwidth QEMU actually achieved
 (``ram.mbps``), preempt, the switch-over time from QEMU's own events (precopy until then at
 the run's ``max-bandwidth``), the setup time, the zero-page share QEMU counted
-(``ram.duplicate``), and the workload with the touch rate the guest measured (idle: the
-idle guest's measured first touches, ``idle_trace``; ``seq,N``: a sequential sweep over N
-MiB; ``rand,N,H``: uniform writes over H MiB).
+(``ram.duplicate``), QEMU's batched writes (32 pages a ``writev``), and the workload with
+the touch rate the guest measured (idle: the idle guest's measured first touches,
+``idle_trace``; ``seq,N``: a sequential sweep over N MiB; ``rand,N,H``: uniform writes
+over H MiB).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ IDLE_TRACE_RATE = 1e5
 # Where measured page maps (zero pages, the workload's buffer) are kept as .npy files.
 MAP_DIR = Path.home() / ".cache" / "simpostcopy" / "maps"
 CAP_BOUND = 0.8
+QEMU_SEND_BATCH_PAGES = 32
 # What a fit minimises over: the metrics every QEMU reports.
 FIT_METRICS = ("total_time_s", "postcopy_bytes", "postcopy_requests", "blocktime_s")
 
@@ -152,6 +154,9 @@ def matching_scenario(
         **_zero_map(guest, ram_bytes),
         "network.bandwidth_bytes_per_s": bandwidth,
         "network.preempt": bool(spec["preempt"]),
+        # QEMU writes the main channel in batches of 32 data pages (its QEMUFile's
+        # MAX_IOV_SIZE of 64 iovec entries; see network.send_batch_pages).
+        "network.send_batch_pages": QEMU_SEND_BATCH_PAGES,
         # QEMU 7.x sends requested pages from the migration thread, 8.0 on from the
         # return-path thread (see migration.urgent_sender).
         "migration.urgent_sender": "migration_thread" if old else "return_path",
