@@ -77,6 +77,18 @@ def lumps(placements: np.ndarray, gap_s: float = 15e-6) -> dict[str, float]:
     }
 
 
+def request_steps(t_s: np.ndarray, page: np.ndarray) -> dict[str, float]:
+    """How far apart consecutive requests are: the median page step forward between
+    them (pages) and the median time between them (s)."""
+    order = np.argsort(t_s, kind="stable")
+    t, p = np.asarray(t_s, dtype=float)[order], np.asarray(page, dtype=np.int64)[order]
+    step = np.diff(p)
+    return {
+        "step_pages_median": float(np.median(step)) if step.size else float("nan"),
+        "request_gap_s": float(np.median(np.diff(t))) if step.size else float("nan"),
+    }
+
+
 FOOTPRINT_COLUMNS = ["page", "anchor", "delta_pages", "gap_s"]
 
 
