@@ -606,6 +606,14 @@ def test_the_idle_guest_replays_its_measured_footprint(tmp_path, monkeypatch):
     # The guest on the destination touches the footprint's pages and no others.
     faults = simulate(s).faults
     assert set(faults.target_page) <= {1010, 1011, 2496} and len(faults)
+    # A long pause in the footprint is replayed only as far as the run can need: twice
+    # its length, at least a second, after the switch-over.
+    footprint.loc[2, "gap_s"] = 30.0
+    footprint.to_csv(path, index=False)
+    horizon = max(2 * real["total_time_s"], 1.0)
+    trace = pd.read_parquet(compare.matching_scenario(record, real=real).workload.trace_path)
+    assert len(trace) == lead + math.ceil(horizon * 1e5)
+    assert trace.page.iloc[-1] == 1011
     footprint.drop(columns="gap_s").to_csv(path, index=False)
     with pytest.raises(QemuError, match="lacks column"):
         compare.matching_scenario(record, real=real)

@@ -92,6 +92,12 @@ def matching_scenario(
         zero = decode_zero_map(guest["zero_map"], ram_bytes // TARGET_PAGE_BYTES)
         lead = math.ceil((switch - setup) * IDLE_TRACE_RATE - 1e-9) if math.isfinite(switch) else 0
         accesses = idle_trace(_idle_footprint(), zero, max(lead, 0))
+        # Only as far as the run can need: twice its length (at least a second) after
+        # the switch-over; the footprint's last pages came 12 s in (replays wrap round).
+        total = real.get("total_time_s", math.nan)
+        horizon = 2 * total if math.isfinite(total) else math.inf
+        keep = max(lead, 0) + math.ceil(max(horizon, 1.0) * IDLE_TRACE_RATE)
+        accesses = accesses[:keep]
         workload = {
             "workload.pattern": "trace",
             "workload.trace_path": str(_cached_trace(accesses, spec["vcpus"])),
@@ -262,7 +268,7 @@ def _cached_trace(pages: np.ndarray, vcpus: int) -> Path:
     """A trace file in which every one of ``vcpus`` vCPUs replays ``pages`` (parquet under
     MAP_DIR, named by its content)."""
     MAP_DIR.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256(pages.astype(np.int64).tobytes() + bytes([vcpus])).hexdigest()[:20]
+    digest = hashlib.sha256(pages.astype(np.int64).tobytes() + b"/%d" % vcpus).hexdigest()[:20]
     path = MAP_DIR / f"idle-{digest}.parquet"
     if not path.exists():
         table = pd.DataFrame(
