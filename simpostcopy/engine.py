@@ -247,9 +247,7 @@ def simulate(
     )
     # The source's QEMUFile writes the main channel's pages in batches (Batches).
     batches = Batches(
-        net.send_batch_pages,
-        (TARGET_PAGE_BYTES + mig.page_header_bytes) / bw,
-        g.host_page_bytes // TARGET_PAGE_BYTES,
+        net.send_batch_pages, (TARGET_PAGE_BYTES + mig.page_header_bytes) / bw, per_host
     )
     busy = reader.busy(pages.wire_bytes, pages.place_cost_s)
     drain_rate = min(bw, float(pages.wire_bytes.max() / np.median(busy)))

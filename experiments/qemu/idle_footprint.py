@@ -38,22 +38,17 @@ def main() -> None:
     parser.add_argument("--log", type=Path, help="an earlier run's destination log")
     parser.add_argument("--record", type=Path, help="that run's record")
     args = parser.parse_args()
+    spec = harness.RunSpec(
+        ram_mib=1024,
+        workload="idle",
+        max_bandwidth_bytes_per_s=100 << 20,
+        max_postcopy_bandwidth_bytes_per_s=int(args.cap_mib * (1 << 20)),
+        accel="tcg",
+        trace=trace.EVENTS,
+    )
     with tempfile.TemporaryDirectory() as tmp:
-        if args.log and args.record:
-            log, record = args.log, importer.load(args.record)
-        else:
-            spec = harness.RunSpec(
-                ram_mib=1024,
-                workload="idle",
-                max_bandwidth_bytes_per_s=100 << 20,
-                max_postcopy_bandwidth_bytes_per_s=int(args.cap_mib * (1 << 20)),
-                accel="tcg",
-                trace=trace.EVENTS,
-            )
-            out = Path(tmp) / "run.json"
-            harness.run(spec, out, workdir=Path(tmp) / "logs")
-            log, record = Path(tmp) / "logs" / "destination.log", importer.load(out)
-        requests = trace.read(log).requests
+        real, record = trace.traced_run(spec, Path(tmp), args.log, args.record)
+    requests = real.requests
     zero = harness.decode_zero_map(record["guest"]["zero_map"], record["spec"]["ram_mib"] << 8)
     table = trace.footprint(requests, zero)
     # Temporary paths, and ~1,700 query-migrate polls the footprint does not need.

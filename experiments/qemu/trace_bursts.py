@@ -26,7 +26,7 @@ import pandas as pd
 
 from simpostcopy.config import Scenario
 from simpostcopy.engine import simulate
-from simpostcopy.qemu import compare, harness, importer, trace
+from simpostcopy.qemu import compare, harness, trace
 
 HERE = Path(__file__).resolve().parent
 
@@ -40,24 +40,16 @@ def main() -> None:
     parser.add_argument("--log", type=Path, help="an earlier run's destination log")
     parser.add_argument("--record", type=Path, help="that run's record")
     args = parser.parse_args()
+    spec = harness.RunSpec(
+        workload=args.workload,
+        max_bandwidth_bytes_per_s=args.cap_mib << 20,
+        max_postcopy_bandwidth_bytes_per_s=args.cap_mib << 20,
+        accel="tcg",
+        trace=trace.EVENTS[:1] if args.requests_only else trace.EVENTS,
+    )
     with tempfile.TemporaryDirectory() as tmp:
-        if args.log and args.record:
-            log, record = args.log, importer.load(args.record)
-        else:
-            spec = harness.RunSpec(
-                workload=args.workload,
-                max_bandwidth_bytes_per_s=args.cap_mib << 20,
-                max_postcopy_bandwidth_bytes_per_s=args.cap_mib << 20,
-                accel="tcg",
-                trace=trace.EVENTS[:1] if args.requests_only else trace.EVENTS,
-            )
-            out = Path(tmp) / "run.json"
-            harness.run(spec, out, workdir=Path(tmp) / "logs")
-            log, record = Path(tmp) / "logs" / "destination.log", importer.load(out)
-        real = trace.read(log)
-        result = simulate(
-            compare.matching_scenario(record, Scenario.from_toml(HERE / "fitted.toml"))
-        )
+        real, record = trace.traced_run(spec, Path(tmp), args.log, args.record)
+    result = simulate(compare.matching_scenario(record, Scenario.from_toml(HERE / "fitted.toml")))
     fa = result.faults[result.faults.requested]
     placed = np.sort(result.pages.placed_s.to_numpy())
     placed = placed[placed > result.summary["destination_start_s"]]

@@ -86,10 +86,15 @@ def matching_scenario(
     guest = record.get("guest") or {}
     switch = real["switchover_time_s"]
     setup = real["setup_time_s"] if real["setup_time_s"] > 0 else 0.0
-    if words[0] == "idle" and guest.get("zero_map"):
+    # The zero-page map measured before the run (none in older records).
+    zero = (
+        decode_zero_map(guest["zero_map"], ram_bytes // TARGET_PAGE_BYTES)
+        if guest.get("zero_map")
+        else None
+    )
+    if words[0] == "idle" and zero is not None:
         # The idle guest's own first touches, measured, moved onto this boot's data; they
         # begin when it resumes on the destination (see idle_trace's ``lead``).
-        zero = decode_zero_map(guest["zero_map"], ram_bytes // TARGET_PAGE_BYTES)
         lead = math.ceil((switch - setup) * IDLE_TRACE_RATE - 1e-9) if math.isfinite(switch) else 0
         accesses = idle_trace(_idle_footprint(), zero, max(lead, 0))
         # Only as far as the run can need: twice its length (at least a second) after
@@ -157,7 +162,11 @@ def matching_scenario(
         "guest.zero_page_fraction": ram.get("duplicate", 0)
         / max(1, ram.get("duplicate", 0) + ram.get("normal", 0)),
         "guest.zero_page_layout": "random" if words[0] == "idle" else "outside_working_set",
-        **_zero_map(guest, ram_bytes),
+        **(
+            {"guest.zero_page_layout": "map", "guest.zero_page_map": str(_cached(zero, "zero"))}
+            if zero is not None
+            else {}
+        ),
         "network.bandwidth_bytes_per_s": bandwidth,
         "network.preempt": bool(spec["preempt"]),
         # QEMU writes the main channel in batches of 32 data pages (its QEMUFile's
@@ -252,41 +261,36 @@ def frame_pages(frames: Sequence[int], bin_mib: int, ram_bytes: int) -> np.ndarr
     return pages[pages < ram_bytes // TARGET_PAGE_BYTES]
 
 
-def _cached(array: np.ndarray, kind: str) -> Path:
-    """``array`` saved as .npy under MAP_DIR, named by its content (written once)."""
+def _stored(content: bytes, name: str, write: Callable[[Path], None]) -> Path:
+    """A file under MAP_DIR named ``name`` with a digest of ``content`` before its
+    suffix, written once by ``write`` (to a temporary name, then moved into place)."""
     MAP_DIR.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256(array.tobytes() + str(array.dtype).encode()).hexdigest()[:20]
-    path = MAP_DIR / f"{kind}-{digest}.npy"
+    stem, suffix = name.split(".", 1)
+    path = MAP_DIR / f"{stem}-{hashlib.sha256(content).hexdigest()[:20]}.{suffix}"
     if not path.exists():
-        tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
-        np.save(tmp, array)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.{suffix}")
+        write(tmp)
         os.replace(tmp, path)
     return path
+
+
+def _cached(array: np.ndarray, kind: str) -> Path:
+    """``array`` saved as .npy under MAP_DIR, named by its content (written once)."""
+    content = array.tobytes() + str(array.dtype).encode()
+    return _stored(content, f"{kind}.npy", lambda tmp: np.save(tmp, array))
 
 
 def _cached_trace(pages: np.ndarray, vcpus: int) -> Path:
     """A trace file in which every one of ``vcpus`` vCPUs replays ``pages`` (parquet under
     MAP_DIR, named by its content)."""
-    MAP_DIR.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256(pages.astype(np.int64).tobytes() + b"/%d" % vcpus).hexdigest()[:20]
-    path = MAP_DIR / f"idle-{digest}.parquet"
-    if not path.exists():
+
+    def write(tmp: Path) -> None:
         table = pd.DataFrame(
             {"vcpu": np.repeat(np.arange(vcpus), pages.size), "page": np.tile(pages, vcpus)}
         )
-        tmp = path.with_suffix(f".{os.getpid()}.tmp.parquet")
         table.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    return path
 
-
-def _zero_map(guest: dict[str, Any], ram_bytes: int) -> dict[str, Any]:
-    """Settings for the zero-page map measured before the run (none in older records)."""
-    text = guest.get("zero_map")
-    if not text:
-        return {}
-    path = _cached(decode_zero_map(text, ram_bytes // TARGET_PAGE_BYTES), "zero")
-    return {"guest.zero_page_layout": "map", "guest.zero_page_map": str(path)}
+    return _stored(pages.astype(np.int64).tobytes() + b"/%d" % vcpus, "idle.parquet", write)
 
 
 def _major(version: Any) -> int:

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from simpostcopy.qemu import harness, importer
+
 LINE = re.compile(rb"^\d+@(?P<t>\d+\.\d+):(?P<event>\w+) (?P<args>.*)$", re.M)
 REQUEST = re.compile(rb"HVA=(0x[0-9a-f]+) rb=(\S+) offset=(0x[0-9a-f]+)")
 PLACE = re.compile(rb"host=(0x[0-9a-f]+)")
@@ -65,6 +67,19 @@ def read(path: str | Path) -> Trace:
     return Trace(pd.DataFrame(rows, columns=columns), times - t0)
 
 
+def traced_run(
+    spec: harness.RunSpec, workdir: Path, log: Path | None = None, record: Path | None = None
+) -> tuple[Trace, dict]:
+    """The destination's trace and the record of an earlier run (its ``log`` and
+    ``record`` given), or of a new run of ``spec`` (which should trace EVENTS) with its
+    record and logs in ``workdir``."""
+    if log is None or record is None:
+        out = workdir / "run.json"
+        harness.run(spec, out, workdir=workdir / "logs")
+        log, record = workdir / "logs" / "destination.log", out
+    return read(log), importer.load(record)
+
+
 def lumps(placements: np.ndarray, gap_s: float = 15e-6) -> dict[str, float]:
     """How the placement stream comes in lumps: the median number of pages between gaps
     longer than ``gap_s``, the median such gap and the median gap between pages."""
@@ -78,8 +93,9 @@ def lumps(placements: np.ndarray, gap_s: float = 15e-6) -> dict[str, float]:
 
 
 def request_steps(t_s: np.ndarray, page: np.ndarray) -> dict[str, float]:
-    """How far apart consecutive requests are: the median page step forward between
-    them (pages) and the median time between them (s)."""
+    """How far apart consecutive requests are: the median page step between them (pages;
+    negative where the guest asked for an earlier page) and the median time between
+    them (s)."""
     order = np.argsort(t_s, kind="stable")
     t, p = np.asarray(t_s, dtype=float)[order], np.asarray(page, dtype=np.int64)[order]
     step = np.diff(p)
@@ -108,9 +124,7 @@ def footprint(requests: pd.DataFrame, zero: np.ndarray) -> pd.DataFrame:
     the request first)."""
     r = requests[requests["ramblock"] == "pc.ram"].reset_index(drop=True)
     page = (r["offset"].to_numpy(np.int64) >> 12) if len(r) else np.empty(0, np.int64)
-    data = np.flatnonzero(~np.asarray(zero, dtype=bool))
-    if not data.size:
-        raise ValueError("the zero-page map has no page with data to anchor the footprint")
+    data = _data_pages(zero, "anchor the footprint")
     if page.size and page.max() >= zero.size:
         raise ValueError(f"requested page {int(page.max())} lies beyond the zero-page map")
     anchor = np.minimum(np.searchsorted(data, page), data.size - 1)
@@ -136,9 +150,15 @@ def relocate(table: pd.DataFrame, zero: np.ndarray) -> np.ndarray:
     """``footprint``'s pages in another boot of the guest, whose zero-page map is
     ``zero``: each at its distance from the pages with data it was anchored to (an anchor
     beyond this map's data: its last page with data), kept within RAM."""
-    data = np.flatnonzero(~np.asarray(zero, dtype=bool))
-    if not data.size:
-        raise ValueError("the zero-page map has no page with data to relocate onto")
+    data = _data_pages(zero, "relocate onto")
     anchor = np.minimum(table["anchor"].to_numpy(np.int64), data.size - 1)
     pages = data[anchor] + table["delta_pages"].to_numpy(np.int64)
     return np.clip(pages, 0, zero.size - 1)
+
+
+def _data_pages(zero: np.ndarray, purpose: str) -> np.ndarray:
+    """The pages holding data by a zero-page map (at least one, for ``purpose``)."""
+    data = np.flatnonzero(~np.asarray(zero, dtype=bool))
+    if not data.size:
+        raise ValueError(f"the zero-page map has no page with data to {purpose}")
+    return data
